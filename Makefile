@@ -1,0 +1,30 @@
+# The portal's two commands: `make run` and `make test` (see README.md).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+export PORTAL_DATA_DIR ?= $(CURDIR)/data
+
+.PHONY: install run test lint bench
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed")'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+run: install
+	PORTAL_DEBUG=$${PORTAL_DEBUG:-1} $(PY) manage.py migrate --noinput
+	PORTAL_DEBUG=$${PORTAL_DEBUG:-1} $(PY) manage.py collectstatic --noinput -v0
+	PORTAL_DEBUG=$${PORTAL_DEBUG:-1} $(PY) manage.py setupportal
+	PORTAL_DEBUG=$${PORTAL_DEBUG:-1} $(PY) manage.py runportal
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(PY) -m ruff check .

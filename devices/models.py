@@ -1,0 +1,347 @@
+"""The registry: products, devices and what the portal records about them."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import string
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+from . import signing
+from .fields import EncryptedSecretField
+from .options import ConnectionOptions, OptionError
+
+SECRET_ALPHABET = string.ascii_letters + string.digits
+SECRET_LENGTH = 32
+
+
+def generate_device_secret() -> str:
+    return "".join(secrets.choice(SECRET_ALPHABET) for _ in range(SECRET_LENGTH))
+
+
+def validate_identifier(value):
+    """productId / deviceId: 1–64 of letters, digits and - _ . : @ (the spec's decision)."""
+    if signing.id_error(value):
+        raise ValidationError(
+            _("Use 1 to 64 characters: letters, digits and - _ . : @ (no spaces, & or |)."),
+            code="invalid_identifier",
+        )
+
+
+class DeviceStatus(models.TextChoices):
+    INACTIVE = "inactive", _("Inactive")
+    ONLINE = "online", _("Online")
+    OFFLINE = "offline", _("Offline")
+
+
+class Product(models.Model):
+    product_id = models.CharField(
+        _("productId"), max_length=64, unique=True, validators=[validate_identifier]
+    )
+    name = models.CharField(_("name"), max_length=200)
+    description = models.TextField(_("description"), blank=True)
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated"), auto_now=True)
+
+    class Meta:
+        ordering = ["product_id"]
+        verbose_name = _("product")
+        verbose_name_plural = _("products")
+
+    def __str__(self):
+        return f"{self.name} ({self.product_id})"
+
+    def save(self, *args, **kwargs):
+        validate_identifier(self.product_id)
+        super().save(*args, **kwargs)
+
+
+class DeviceQuerySet(models.QuerySet):
+    def for_user(self, user):
+        """Devices ``user`` may see in the console: every device for staff and members."""
+        if not user.is_authenticated or not user.is_active:
+            return self.none()
+        return self
+
+    def lookup(self, product_id, device_id):
+        return self.select_related("product").get(
+            product__product_id=product_id, device_id=device_id
+        )
+
+
+class Device(models.Model):
+    product = models.ForeignKey(
+        Product, on_delete=models.PROTECT, related_name="devices", verbose_name=_("product")
+    )
+    device_id = models.CharField(_("deviceId"), max_length=64, validators=[validate_identifier])
+    name = models.CharField(_("display name"), max_length=200, blank=True)
+    device_secret = EncryptedSecretField(_("deviceSecret"), default=generate_device_secret)
+    enabled = models.BooleanField(_("enabled"), default=True)
+    status = models.CharField(
+        _("status"), max_length=16, choices=DeviceStatus.choices, default=DeviceStatus.INACTIVE
+    )
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated"), auto_now=True)
+    last_online_at = models.DateTimeField(_("last online"), null=True, blank=True)
+    first_activated_at = models.DateTimeField(_("first activation"), null=True, blank=True)
+    secret_rotated_at = models.DateTimeField(_("secret rotated"), null=True, blank=True)
+    batch = models.ForeignKey(
+        "RegistrationBatch",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="devices",
+        verbose_name=_("registration batch"),
+    )
+
+    objects = DeviceQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["product__product_id", "device_id"]
+        verbose_name = _("device")
+        verbose_name_plural = _("devices")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["product", "device_id"], name="device_id_unique_in_product"
+            )
+        ]
+        indexes = [
+            models.Index(fields=["device_id"], name="device_device_id_idx"),
+            models.Index(fields=["product", "status"], name="device_product_status_idx"),
+            models.Index(fields=["product", "enabled"], name="device_product_enabled_idx"),
+            models.Index(fields=["status"], name="device_status_idx"),
+            models.Index(fields=["enabled"], name="device_enabled_idx"),
+            models.Index(fields=["name"], name="device_name_idx"),
+        ]
+        permissions = [("view_device_secret", _("Can view device secrets and passwords"))]
+
+    def __str__(self):
+        return f"{self.device_id}&{self.product.product_id}"
+
+    def save(self, *args, **kwargs):
+        validate_identifier(self.device_id)
+        super().save(*args, **kwargs)
+
+    @property
+    def product_key(self):
+        return self.product.product_id
+
+    @property
+    def masked_secret(self):
+        return "•" * 8 + self.device_secret[-4:] if self.device_secret else ""
+
+    def connection_params(self, options: ConnectionOptions | None = None) -> dict:
+        """The broker address and the three CONNECT fields for ``options``; the one place
+        the console, the JSON endpoint and the checks get them from. Raises OptionError."""
+        options = options or ConnectionOptions()
+        securemode = options.securemode
+        if securemode is None:
+            securemode = signing.SECURE_MODE_TLS if settings.MQTT_TLS_PORT else signing.SECURE_MODE_TCP
+        if securemode == signing.SECURE_MODE_TLS:
+            if not settings.MQTT_TLS_PORT:
+                raise OptionError(
+                    "securemode",
+                    "This deployment has no TLS listener (PORTAL_MQTT_TLS_PORT is not set); "
+                    "use securemode=3 (plain TCP).",
+                    code="tls_not_configured",
+                )
+            port = settings.MQTT_TLS_PORT
+        else:
+            port = settings.MQTT_PORT
+        try:
+            rendered = signing.render(
+                self.product.product_id,
+                self.device_id,
+                self.device_secret,
+                client_id=options.client_id or self.device_id,
+                securemode=securemode,
+                signmethod=options.signmethod,
+                timestamp=options.resolved_timestamp(),
+                exclusive=options.exclusive,
+            )
+        except signing.SigningError as error:
+            raise OptionError(error.field or "clientId", error.message) from None
+        return {
+            "productId": rendered.product_id,
+            "deviceId": rendered.device_id,
+            "clientId": rendered.client_id,
+            "securemode": rendered.securemode,
+            "signmethod": rendered.signmethod,
+            "timestamp": rendered.timestamp,
+            "exclusive": rendered.exclusive,
+            "host": settings.MQTT_HOST,
+            "port": port,
+            "mqttClientId": rendered.mqtt_client_id,
+            "mqttUsername": rendered.mqtt_username,
+            "mqttPassword": rendered.mqtt_password,
+        }
+
+    def rotate_secret(self, actor=None, new_secret: str | None = None) -> str:
+        """Give the device a new secret (audited). The device is refused until it has it."""
+        self.device_secret = new_secret or generate_device_secret()
+        self.secret_rotated_at = timezone.now()
+        self.save(update_fields=["device_secret", "secret_rotated_at", "updated_at"])
+        AuditEvent.record(AuditEvent.Action.ROTATE_SECRET, actor, [self])
+        return self.device_secret
+
+    def set_enabled(self, enabled: bool):
+        self.enabled = enabled
+        self.save(update_fields=["enabled", "updated_at"])
+
+
+class RegistrationBatch(models.Model):
+    """Devices registered together in the admin, so that their credentials can be exported."""
+
+    product = models.ForeignKey(Product, on_delete=models.CASCADE, related_name="batches")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    source = models.CharField(max_length=16)  # "generated" or "csv"
+    device_count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = _("registration batch")
+        verbose_name_plural = _("registration batches")
+
+    def __str__(self):
+        return f"{self.product.product_id} #{self.pk} ({self.device_count})"
+
+
+class AuditEvent(models.Model):
+    """Who saw or changed credentials, when, for which devices. Read-only in the admin."""
+
+    class Action(models.TextChoices):
+        REVEAL_SECRET = "reveal_secret", _("Secret revealed")
+        EXPORT_CREDENTIALS = "export_credentials", _("Credentials exported")
+        ROTATE_SECRET = "rotate_secret", _("Secret rotated")
+
+    action = models.CharField(_("action"), max_length=32, choices=Action.choices)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        verbose_name=_("who"),
+    )
+    actor_name = models.CharField(_("who (name)"), max_length=150, blank=True)
+    created_at = models.DateTimeField(_("when"), default=timezone.now, db_index=True)
+    device_count = models.PositiveIntegerField(_("devices"), default=0)
+    # "productId/deviceId" strings: devices may be deleted later, the record must stay.
+    targets = models.JSONField(_("which devices"), default=list)
+    detail = models.CharField(_("detail"), max_length=255, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = _("audit event")
+        verbose_name_plural = _("audit events")
+
+    def __str__(self):
+        return f"{self.get_action_display()} by {self.actor_name or '-'} ({self.device_count})"
+
+    @classmethod
+    def record(cls, action, actor, devices, detail=""):
+        targets = [f"{d.product.product_id}/{d.device_id}" for d in devices]
+        return cls.objects.create(
+            action=action,
+            actor=actor if actor is not None and actor.is_authenticated else None,
+            actor_name=actor.get_username() if actor is not None and actor.is_authenticated else "",
+            device_count=len(targets),
+            targets=targets,
+            detail=detail[:255],
+        )
+
+
+class ApiToken(models.Model):
+    """A bearer token for scripts. Only its SHA-256 is stored; the token is shown once."""
+
+    PREFIX = "dpt_"
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
+    name = models.CharField(_("name"), max_length=100, blank=True)
+    token_prefix = models.CharField(_("token starts with"), max_length=16, editable=False)
+    token_hash = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+    last_used_at = models.DateTimeField(_("last used"), null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = _("API token")
+        verbose_name_plural = _("API tokens")
+
+    def __str__(self):
+        return f"{self.token_prefix}… ({self.user})"
+
+    @staticmethod
+    def hash_token(token: str) -> str:
+        return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+    @classmethod
+    def issue(cls, user, name="") -> tuple[ApiToken, str]:
+        """Create a token for ``user``; returns (record, plaintext token to show once)."""
+        token = cls.PREFIX + secrets.token_urlsafe(32)
+        record = cls.objects.create(
+            user=user, name=name, token_prefix=token[:12], token_hash=cls.hash_token(token)
+        )
+        return record, token
+
+    @classmethod
+    def authenticate(cls, token: str):
+        """The active user a token belongs to, or None."""
+        if not token or not token.startswith(cls.PREFIX):
+            return None
+        record = (
+            cls.objects.select_related("user").filter(token_hash=cls.hash_token(token)).first()
+        )
+        if record is None or not record.user.is_active:
+            return None
+        now = timezone.now()
+        if record.last_used_at is None or (now - record.last_used_at).total_seconds() > 60:
+            record.last_used_at = now
+            record.save(update_fields=["last_used_at"])
+        return record.user
+
+
+class CheckStatus(models.TextChoices):
+    QUEUED = "queued", _("Queued")
+    RUNNING = "running", _("Running")
+    SUCCEEDED = "succeeded", _("Succeeded")
+    FAILED = "failed", _("Failed")
+
+
+class ConnectionCheck(models.Model):
+    """One "Test connection": the device's parameters tried against the broker."""
+
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="checks")
+    options = models.JSONField(default=dict)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True
+    )
+    status = models.CharField(
+        max_length=16, choices=CheckStatus.choices, default=CheckStatus.QUEUED, db_index=True
+    )
+    queued_at = models.DateTimeField(default=timezone.now, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(max_length=32, blank=True)
+    connack_code = models.IntegerField(null=True, blank=True)
+    reason = models.TextField(blank=True)
+    latencies = models.JSONField(default=dict)
+    task_id = models.CharField(max_length=64, blank=True)
+
+    class Meta:
+        ordering = ["-queued_at"]
+        indexes = [models.Index(fields=["device", "-queued_at"], name="check_device_queued_idx")]
+        verbose_name = _("connection check")
+        verbose_name_plural = _("connection checks")
+
+    def __str__(self):
+        return f"check {self.pk} of {self.device_id}: {self.status}"

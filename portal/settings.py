@@ -1,0 +1,267 @@
+"""Settings for the device portal, read from the environment.
+
+Development (``PORTAL_DEBUG=1``) gets safe local defaults: SQLite, development keys kept under
+``PORTAL_DATA_DIR``. Anything else must be configured explicitly and fails loudly when it is not,
+because this portal holds device secrets.
+"""
+
+import os
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_bool(name, default=False):
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ImproperlyConfigured(f"{name} must be 1 or 0 (or true/false), not {raw!r}.")
+
+
+def env_port(name, default):
+    raw = os.environ.get(name, "")
+    if raw.strip() == "":
+        return default
+    try:
+        port = int(raw)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise ImproperlyConfigured(f"{name} must be a port number from 1 to 65535, not {raw!r}.")
+    return port
+
+
+def env_int(name, default, minimum=0):
+    raw = os.environ.get(name, "")
+    if raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a whole number, not {raw!r}.") from None
+    if value < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}, not {raw!r}.")
+    return value
+
+
+DEBUG = env_bool("PORTAL_DEBUG")
+DATA_DIR = Path(os.environ.get("PORTAL_DATA_DIR") or BASE_DIR / "data").resolve()
+
+
+def _development_key(filename, make):
+    """A key kept in the data folder so that development restarts keep sessions and secrets."""
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    path = DATA_DIR / filename
+    if not path.exists():
+        path.write_text(make() + "\n")
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def _make_django_key():
+    import secrets
+
+    return secrets.token_urlsafe(50)
+
+
+def _make_fernet_key():
+    from cryptography.fernet import Fernet
+
+    return Fernet.generate_key().decode()
+
+
+_MISSING_KEYS_HELP = (
+    "{name} is not set. Outside development (PORTAL_DEBUG=1) the portal needs it. Make one with:\n"
+    "  {command}\n"
+    "and set it in the environment of every portal process (web, worker, broker)."
+)
+
+SECRET_KEY = os.environ.get("PORTAL_SECRET_KEY", "")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            _MISSING_KEYS_HELP.format(
+                name="PORTAL_SECRET_KEY",
+                command="python -c 'import secrets; print(secrets.token_urlsafe(50))'",
+            )
+        )
+    SECRET_KEY = _development_key("dev-secret-key.txt", _make_django_key)
+
+_secrets_keys_raw = os.environ.get("PORTAL_SECRETS_KEY", "")
+if not _secrets_keys_raw.strip():
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            _MISSING_KEYS_HELP.format(
+                name="PORTAL_SECRETS_KEY",
+                command=(
+                    "python -c 'from cryptography.fernet import Fernet; "
+                    "print(Fernet.generate_key().decode())'"
+                ),
+            )
+        )
+    _secrets_keys_raw = _development_key("dev-secrets-key.txt", _make_fernet_key)
+
+# Newest first: new secrets are encrypted with the first key; every key can decrypt.
+SECRETS_KEYS = [k.strip() for k in _secrets_keys_raw.split(",") if k.strip()]
+
+
+def _check_fernet_keys(keys):
+    from cryptography.fernet import Fernet
+
+    for index, key in enumerate(keys, start=1):
+        try:
+            Fernet(key)
+        except (ValueError, TypeError):
+            raise ImproperlyConfigured(
+                f"PORTAL_SECRETS_KEY: key {index} is not a Fernet key (32 url-safe base64-encoded "
+                "bytes). Make one with: python -c 'from cryptography.fernet import Fernet; "
+                "print(Fernet.generate_key().decode())'"
+            ) from None
+
+
+_check_fernet_keys(SECRETS_KEYS)
+
+ALLOWED_HOSTS = [h.strip() for h in os.environ.get("PORTAL_ALLOWED_HOSTS", "").split(",") if h.strip()]
+if DEBUG and not ALLOWED_HOSTS:
+    ALLOWED_HOSTS = ["127.0.0.1", "localhost", "[::1]"]
+CSRF_TRUSTED_ORIGINS = [
+    o.strip() for o in os.environ.get("PORTAL_CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()
+]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "django_tasks",
+    "django_tasks_db",
+    "devices",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.locale.LocaleMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "portal.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.template.context_processors.i18n",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+WSGI_APPLICATION = "portal.wsgi.application"
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        os.environ.get("DATABASE_URL") or f"sqlite:///{DATA_DIR / 'portal.db'}",
+        conn_max_age=int(os.environ.get("PORTAL_DB_CONN_MAX_AGE", "60")),
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Web server, worker and broker share one SQLite file: wait for locks instead of failing.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {"timeout": 20, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"}
+    )
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en"
+LANGUAGES = [("en", "English"), ("zh-hans", "简体中文")]
+LOCALE_PATHS = [BASE_DIR / "devices" / "locale"]
+TIME_ZONE = os.environ.get("PORTAL_TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": (
+            "django.contrib.staticfiles.storage.StaticFilesStorage"
+            if DEBUG
+            else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        )
+    },
+}
+
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/accounts/login/"
+
+if not DEBUG:
+    SESSION_COOKIE_SECURE = env_bool("PORTAL_SECURE_COOKIES", True)
+    CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+    SESSION_COOKIE_HTTPONLY = True
+
+# Background work through the Tasks API. The database backend is the embedded default;
+# PORTAL_TASKS_REDIS_URL switches to django-tasks-rq (see README, "Scaling out").
+_redis_url = os.environ.get("PORTAL_TASKS_REDIS_URL", "")
+if _redis_url:
+    RQ_QUEUES = {"default": {"URL": _redis_url}}
+    INSTALLED_APPS.append("django_rq")
+    TASKS = {"default": {"BACKEND": "django_tasks_rq.RQBackend", "QUEUES": ["default"]}}
+else:
+    TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
+
+# The MQTT broker devices are told to use.
+MQTT_HOST = os.environ.get("PORTAL_MQTT_HOST", "127.0.0.1")
+MQTT_PORT = env_port("PORTAL_MQTT_PORT", 1883)
+MQTT_TLS_PORT = env_port("PORTAL_MQTT_TLS_PORT", None)
+# CA certificate a device needs for securemode=2; offered for download when the file exists.
+MQTT_CA_FILE = os.environ.get("PORTAL_MQTT_CA_FILE") or str(DATA_DIR / "tls" / "ca.pem")
+# Optional maximum clock skew for the timestamp extension parameter (spec §2); 0 = not judged.
+MQTT_MAX_CLOCK_SKEW_MS = env_int("PORTAL_MQTT_MAX_CLOCK_SKEW_MS", 0)
+
+BROKER_HOOK_TOKEN = os.environ.get("PORTAL_BROKER_HOOK_TOKEN", "")
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("PORTAL_LOG_LEVEL", "INFO")},
+    "loggers": {
+        "amqtt": {"level": "WARNING"},
+        "transitions": {"level": "WARNING"},
+    },
+}

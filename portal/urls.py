@@ -1,0 +1,17 @@
+from django.contrib import admin
+from django.urls import include, path
+
+from devices import api
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("i18n/", include("django.conf.urls.i18n")),
+    path("accounts/", include("django.contrib.auth.urls")),
+    path("api/v1/openapi.json", api.openapi_description, name="api-openapi"),
+    path(
+        "api/v1/products/<str:product_id>/devices/<str:device_id>/mqtt-params",
+        api.mqtt_params,
+        name="api-mqtt-params",
+    ),
+    path("", include("devices.urls")),
+]

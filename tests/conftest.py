@@ -1,0 +1,51 @@
+"""Shared fixtures: an owner (may see secrets), a member (may not), a product and a device."""
+
+import json
+from pathlib import Path
+
+import pytest
+from django.contrib.auth.models import Permission
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="session")
+def vectors():
+    return json.loads((DATA / "signing.json").read_text())
+
+
+@pytest.fixture
+def owner(django_user_model):
+    user = django_user_model.objects.create_user("alice", password="alice-password", is_staff=True)
+    user.user_permissions.add(
+        Permission.objects.get(codename="view_device_secret"),
+        *Permission.objects.filter(content_type__app_label="devices"),
+    )
+    return django_user_model.objects.get(pk=user.pk)  # fresh permission cache
+
+
+@pytest.fixture
+def member(django_user_model):
+    """Logged-in user who may see devices but not their secrets."""
+    user = django_user_model.objects.create_user("bob", password="bob-password")
+    user.user_permissions.add(Permission.objects.get(codename="view_device"))
+    return django_user_model.objects.get(pk=user.pk)
+
+
+@pytest.fixture
+def product(db):
+    from devices.models import Product
+
+    return Product.objects.create(product_id="a1B2c3D4e5F", name="Thermometer")
+
+
+@pytest.fixture
+def device(product):
+    from devices.models import Device
+
+    return Device.objects.create(
+        product=product,
+        device_id="sensor-001",
+        name="Lab sensor",
+        device_secret="Xk9fPq2LmN7rT4vW8yZ1aB3cD5eF6gH0",
+    )

@@ -1,0 +1,22 @@
+"""Test settings: the real settings, with fixed test keys and a fast password hasher."""
+
+import os
+import tempfile
+
+os.environ.setdefault("PORTAL_DATA_DIR", tempfile.mkdtemp(prefix="portal-test-"))
+os.environ.setdefault("PORTAL_SECRET_KEY", "test-secret-key-not-for-production")
+# Two keys, newest first, so that every test runs with key rotation in place.
+os.environ.setdefault(
+    "PORTAL_SECRETS_KEY",
+    "eBZPVP7ZnR1VCEs5LzF8vNg1lYzCXUbx8dP8r0xK0Hc=,4-dR6nIZnHgBw5aMZPzQ8VY7mSWS4n2xUuUWhZ0xCkA=",
+)
+os.environ.setdefault("PORTAL_SECURE_COOKIES", "0")
+
+from portal.settings import *  # noqa: E402,F403
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+ALLOWED_HOSTS = ["testserver", "127.0.0.1", "localhost"]
+TASKS = {"default": {"BACKEND": "django_tasks.backends.immediate.ImmediateBackend"}}
+
+STATIC_ROOT = DATA_DIR / "staticfiles"  # noqa: F405
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
