@@ -1,0 +1,578 @@
+"""The admin: the registry, batch registration, credentials export and the audit trail.
+
+Secrets never appear in an admin page unasked: the change form shows a masked value, revealing
+it is a POST that is audited, and exports are downloads (never a URL holding a secret). The batch
+logic lives in ``devices/batch.py``; the views here parse a form, call it and render.
+"""
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.db.models import Count, Q
+from django.http import HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.html import format_html
+from django.utils.translation import gettext, ngettext
+from django.utils.translation import gettext_lazy as _
+
+from . import batch as batches
+from .models import (
+    ApiToken,
+    AuditEvent,
+    Device,
+    DeviceStatus,
+    Product,
+    RegistrationBatch,
+    generate_device_secret,
+)
+
+SECRET_PERMISSION = "devices.view_device_secret"
+SECRET_MAX_LENGTH = 128
+
+STATUS_COLOURS = {
+    DeviceStatus.ONLINE: "#1e7e34",
+    DeviceStatus.OFFLINE: "#6c757d",
+    DeviceStatus.INACTIVE: "#b8860b",
+}
+
+
+def _no_store(response):
+    """Pages and files holding secrets must not be kept by the browser or a proxy."""
+    response["Cache-Control"] = "no-store"
+    response["Pragma"] = "no-cache"
+    return response
+
+
+def _csv_download(content, filename):
+    response = HttpResponse(content, content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return _no_store(response)
+
+
+# -- products --------------------------------------------------------------------------------------
+
+
+@admin.register(Product)
+class ProductAdmin(admin.ModelAdmin):
+    list_display = [
+        "product_id",
+        "name",
+        "device_total",
+        "online_total",
+        "offline_total",
+        "inactive_total",
+        "created_at",
+        "register_link",
+    ]
+    search_fields = ["product_id", "name"]
+    readonly_fields = ["created_at", "updated_at"]
+
+    def get_queryset(self, request):
+        # Every count of the list in the one query that lists the products.
+        status = "devices__status"
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                device_total=Count("devices"),
+                online_total=Count("devices", filter=Q(**{status: DeviceStatus.ONLINE})),
+                offline_total=Count("devices", filter=Q(**{status: DeviceStatus.OFFLINE})),
+                inactive_total=Count("devices", filter=Q(**{status: DeviceStatus.INACTIVE})),
+            )
+        )
+
+    def get_readonly_fields(self, request, obj=None):
+        # A productId is part of every device's credentials: fixed once created.
+        return [*self.readonly_fields, "product_id"] if obj else self.readonly_fields
+
+    @admin.display(description=_("devices"), ordering="device_total")
+    def device_total(self, obj):
+        return obj.device_total
+
+    @admin.display(description=_("online"), ordering="online_total")
+    def online_total(self, obj):
+        return obj.online_total
+
+    @admin.display(description=_("offline"), ordering="offline_total")
+    def offline_total(self, obj):
+        return obj.offline_total
+
+    @admin.display(description=_("inactive"), ordering="inactive_total")
+    def inactive_total(self, obj):
+        return obj.inactive_total
+
+    @admin.display(description=_("register"))
+    def register_link(self, obj):
+        url = reverse("admin:devices_device_batch") + f"?product={obj.pk}"
+        return format_html('<a href="{}">{}</a>', url, gettext("Register devices…"))
+
+
+# -- devices ---------------------------------------------------------------------------------------
+
+
+def _clean_given_secret(value):
+    if not value:
+        return generate_device_secret()
+    if len(value) > SECRET_MAX_LENGTH or any(ch.isspace() or not ch.isprintable() for ch in value):
+        raise forms.ValidationError(
+            _("Use at most %(max)d printable characters without spaces, or leave it empty."),
+            params={"max": SECRET_MAX_LENGTH},
+        )
+    return value
+
+
+class DeviceAddForm(forms.ModelForm):
+    """Adding one device: its secret is generated unless one is given."""
+
+    device_secret = forms.CharField(
+        label=_("deviceSecret"),
+        required=False,
+        max_length=SECRET_MAX_LENGTH,
+        widget=forms.TextInput(attrs={"autocomplete": "off", "size": 40}),
+        help_text=_("Leave empty to generate a random secret of 32 letters and digits."),
+    )
+
+    class Meta:
+        model = Device
+        fields = ["product", "device_id", "name", "device_secret", "enabled"]
+
+    def clean_device_secret(self):
+        return _clean_given_secret(self.cleaned_data.get("device_secret", ""))
+
+
+class GenerateBatchForm(forms.Form):
+    product = forms.ModelChoiceField(Product.objects.all(), label=_("product"))
+    prefix = forms.CharField(
+        label=_("deviceId prefix"),
+        required=False,
+        max_length=63,
+        help_text=_("Letters, digits and - _ . : @, e.g. sensor-"),
+    )
+    start = forms.IntegerField(label=_("first number"), min_value=0, initial=1)
+    count = forms.IntegerField(
+        label=_("number of devices"), min_value=1, max_value=batches.MAX_BATCH_SIZE, initial=10
+    )
+    width = forms.IntegerField(
+        label=_("zero-padded width"),
+        min_value=0,
+        max_value=batches.MAX_WIDTH,
+        initial=4,
+        help_text=_("4 gives 0001, 0002, …; 0 gives 1, 2, …"),
+    )
+    name_prefix = forms.CharField(
+        label=_("name prefix (optional)"),
+        required=False,
+        max_length=100,
+        help_text=_("When given, each device is named this prefix and its number."),
+    )
+
+
+class UploadBatchForm(forms.Form):
+    product = forms.ModelChoiceField(Product.objects.all(), label=_("product"))
+    file = forms.FileField(
+        label=_("CSV file"),
+        help_text=_(
+            "One device a line: deviceId, then optionally a name. A header line is optional. "
+            "UTF-8, with or without BOM."
+        ),
+    )
+
+
+@admin.register(Device)
+class DeviceAdmin(admin.ModelAdmin):
+    add_form = DeviceAddForm
+    list_display = [
+        "device_id",
+        "product",
+        "name",
+        "status_badge",
+        "enabled",
+        "last_online_at",
+        "created_at",
+    ]
+    list_display_links = ["device_id"]
+    list_filter = ["product", "enabled", "status"]
+    search_fields = ["device_id", "name", "product__product_id"]
+    list_select_related = ["product"]
+    # The index of (product, device_id) serves this order; no join on the product.
+    ordering = ["product_id", "device_id"]
+    list_per_page = 100
+    show_full_result_count = False
+    actions = ["enable_devices", "disable_devices", "export_credentials"]
+    change_fields = [
+        "product",
+        "device_id",
+        "name",
+        "enabled",
+        "secret",
+        "status",
+        "last_online_at",
+        "first_activated_at",
+        "secret_rotated_at",
+        "batch",
+        "created_at",
+        "updated_at",
+    ]
+    change_readonly_fields = [
+        "product",
+        "device_id",
+        "secret",
+        "status",
+        "last_online_at",
+        "first_activated_at",
+        "secret_rotated_at",
+        "batch",
+        "created_at",
+        "updated_at",
+    ]
+
+    # The add form takes a secret; the change form never holds one (not even hidden).
+    def get_form(self, request, obj=None, **kwargs):
+        if obj is None:
+            kwargs["form"] = self.add_form
+        return super().get_form(request, obj, **kwargs)
+
+    def get_fields(self, request, obj=None):
+        return list(self.add_form.Meta.fields) if obj is None else list(self.change_fields)
+
+    def get_readonly_fields(self, request, obj=None):
+        # productId and deviceId are part of the device's credentials: fixed once created.
+        return [] if obj is None else list(self.change_readonly_fields)
+
+    def has_view_device_secret_permission(self, request):
+        return request.user.has_perm(SECRET_PERMISSION)
+
+    @admin.display(description=_("status"), ordering="status")
+    def status_badge(self, obj):
+        return format_html(
+            '<span style="color:#fff;background:{};padding:1px 8px;border-radius:8px">{}</span>',
+            STATUS_COLOURS.get(obj.status, "#6c757d"),
+            obj.get_status_display(),
+        )
+
+    @admin.display(description=_("deviceSecret"))
+    def secret(self, obj):
+        # Masked only; "Reveal secret" and "Rotate secret" are buttons of the change form.
+        return format_html("<code>{}</code>", obj.masked_secret) if obj and obj.pk else "-"
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra_context = {
+            **(extra_context or {}),
+            "can_reveal_secret": self.has_view_device_secret_permission(request),
+        }
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    # -- actions -----------------------------------------------------------------------------
+
+    def _set_enabled(self, request, queryset, enabled):
+        # update() skips save(), so updated_at (which the broker watches) is set here.
+        count = queryset.update(enabled=enabled, updated_at=timezone.now())
+        message = (
+            ngettext("Enabled %(count)d device.", "Enabled %(count)d devices.", count)
+            if enabled
+            else ngettext("Disabled %(count)d device.", "Disabled %(count)d devices.", count)
+        )
+        self.message_user(request, message % {"count": count}, messages.SUCCESS)
+
+    @admin.action(description=_("Enable the selected devices"), permissions=["change"])
+    def enable_devices(self, request, queryset):
+        self._set_enabled(request, queryset, True)
+
+    @admin.action(description=_("Disable the selected devices"), permissions=["change"])
+    def disable_devices(self, request, queryset):
+        self._set_enabled(request, queryset, False)
+
+    @admin.action(
+        description=_("Export credentials (CSV) of the selected devices"),
+        permissions=["view_device_secret"],
+    )
+    def export_credentials(self, request, queryset):
+        if not self.has_view_device_secret_permission(request):
+            raise PermissionDenied
+        devices = queryset.select_related("product").order_by("product_id", "device_id")
+        content = batches.export_credentials(devices, request.user, detail="admin action")
+        stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
+        return _csv_download(content, f"credentials-{stamp}.csv")
+
+    # -- extra views -------------------------------------------------------------------------
+
+    def get_urls(self):
+        wrap = self.admin_site.admin_view
+        return [
+            path("batch/", wrap(self.batch_view), name="devices_device_batch"),
+            path(
+                "batch/<int:batch_id>/",
+                wrap(self.batch_result_view),
+                name="devices_device_batch_result",
+            ),
+            path(
+                "batch/<int:batch_id>/credentials.csv",
+                wrap(self.batch_credentials_view),
+                name="devices_device_batch_credentials",
+            ),
+            path("<int:object_id>/secret/", wrap(self.secret_view), name="devices_device_secret"),
+            path(
+                "<int:object_id>/rotate-secret/",
+                wrap(self.rotate_secret_view),
+                name="devices_device_rotate_secret",
+            ),
+            *super().get_urls(),
+        ]
+
+    def _context(self, request, title, **extra):
+        return {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": title,
+            **extra,
+        }
+
+    def batch_view(self, request):
+        """Register many devices: generate them from a prefix, or upload a CSV of deviceIds."""
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        product_initial = (
+            {"product": request.GET.get("product")} if request.GET.get("product") else {}
+        )
+        generate_form = GenerateBatchForm(prefix="generate", initial=product_initial)
+        upload_form = UploadBatchForm(prefix="upload", initial=product_initial)
+        if request.method == "POST":
+            if "upload-product" in request.POST:
+                upload_form = UploadBatchForm(request.POST, request.FILES, prefix="upload")
+                form, source = upload_form, batches.SOURCE_CSV
+            else:
+                generate_form = GenerateBatchForm(request.POST, prefix="generate")
+                form, source = generate_form, batches.SOURCE_GENERATED
+            if form.is_valid():
+                data = form.cleaned_data
+                try:
+                    if source == batches.SOURCE_CSV:
+                        rows = batches.rows_from_csv(data["file"].read())
+                    else:
+                        rows = batches.generated_rows(
+                            data["prefix"],
+                            data["count"],
+                            start=data["start"],
+                            width=data["width"],
+                            name_prefix=data["name_prefix"],
+                        )
+                    batch = batches.register_batch(data["product"], rows, request.user, source)
+                except batches.BatchError as error:
+                    form.add_error(
+                        None,
+                        gettext("Nothing was registered. %(problems)s")
+                        % {"problems": error.message},
+                    )
+                else:
+                    self.message_user(
+                        request,
+                        ngettext(
+                            "Registered %(count)d device in product %(product)s.",
+                            "Registered %(count)d devices in product %(product)s.",
+                            batch.device_count,
+                        )
+                        % {"count": batch.device_count, "product": batch.product.product_id},
+                        messages.SUCCESS,
+                    )
+                    return HttpResponseRedirect(
+                        reverse("admin:devices_device_batch_result", args=[batch.pk])
+                    )
+        context = self._context(
+            request,
+            gettext("Register devices in batch"),
+            generate_form=generate_form,
+            upload_form=upload_form,
+            max_batch_size=batches.MAX_BATCH_SIZE,
+        )
+        return TemplateResponse(request, "admin/devices/device/batch_register.html", context)
+
+    def batch_result_view(self, request, batch_id):
+        if not (self.has_add_permission(request) or self.has_view_permission(request)):
+            raise PermissionDenied
+        batch = get_object_or_404(RegistrationBatch.objects.select_related("product"), pk=batch_id)
+        context = self._context(
+            request,
+            gettext("Registration batch %(id)d") % {"id": batch.pk},
+            batch=batch,
+            sample=batch.devices.order_by("pk").values_list("device_id", "name")[:10],
+            can_export=self.has_view_device_secret_permission(request),
+        )
+        return TemplateResponse(request, "admin/devices/device/batch_result.html", context)
+
+    def batch_credentials_view(self, request, batch_id):
+        """The batch's ``productId,deviceId,deviceSecret`` file (POST only, audited)."""
+        if not self.has_view_device_secret_permission(request):
+            raise PermissionDenied
+        if request.method != "POST":
+            return HttpResponseRedirect(
+                reverse("admin:devices_device_batch_result", args=[batch_id])
+            )
+        batch = get_object_or_404(RegistrationBatch.objects.select_related("product"), pk=batch_id)
+        content = batches.export_credentials(
+            batches.batch_devices(batch), request.user, detail=f"registration batch {batch.pk}"
+        )
+        return _csv_download(content, f"credentials-{batch.product.product_id}-batch{batch.pk}.csv")
+
+    def secret_view(self, request, object_id):
+        """Reveal a device's secret: the page asks, a POST shows it and records who saw it."""
+        if not self.has_view_device_secret_permission(request):
+            raise PermissionDenied
+        device = get_object_or_404(Device.objects.select_related("product"), pk=object_id)
+        revealed = None
+        if request.method == "POST":
+            revealed = device.device_secret
+            AuditEvent.record(AuditEvent.Action.REVEAL_SECRET, request.user, [device], "admin")
+        context = self._context(
+            request,
+            gettext("Secret of %(device)s") % {"device": device.device_id},
+            device=device,
+            original=device,
+            revealed=revealed,
+        )
+        response = TemplateResponse(request, "admin/devices/device/secret.html", context)
+        return _no_store(response)
+
+    def rotate_secret_view(self, request, object_id):
+        """Give a device a new secret (audited by Device.rotate_secret); the page asks first."""
+        device = get_object_or_404(Device.objects.select_related("product"), pk=object_id)
+        if not self.has_change_permission(request, device):
+            raise PermissionDenied
+        if request.method == "POST":
+            device.rotate_secret(actor=request.user)
+            self.message_user(
+                request,
+                gettext(
+                    "Device %(device)s has a new secret. It is refused by the broker until it "
+                    "uses the new one."
+                )
+                % {"device": device.device_id},
+                messages.SUCCESS,
+            )
+            return HttpResponseRedirect(reverse("admin:devices_device_change", args=[device.pk]))
+        context = self._context(
+            request,
+            gettext("Rotate the secret of %(device)s") % {"device": device.device_id},
+            device=device,
+            original=device,
+        )
+        return TemplateResponse(request, "admin/devices/device/rotate_secret.html", context)
+
+
+# -- registration batches, audit, tokens -----------------------------------------------------------
+
+
+@admin.register(RegistrationBatch)
+class RegistrationBatchAdmin(admin.ModelAdmin):
+    list_display = [
+        "id",
+        "product",
+        "source",
+        "device_count",
+        "created_by",
+        "created_at",
+        "credentials",
+    ]
+    list_filter = ["source", "product"]
+    list_select_related = ["product", "created_by"]
+    search_fields = ["product__product_id"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description=_("credentials"))
+    def credentials(self, obj):
+        return format_html(
+            '<a href="{}">{}</a>',
+            reverse("admin:devices_device_batch_result", args=[obj.pk]),
+            gettext("Download CSV…"),
+        )
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin):
+    list_display = [
+        "created_at",
+        "action",
+        "actor_name",
+        "device_count",
+        "targets_summary",
+        "detail",
+    ]
+    list_filter = ["action"]
+    search_fields = ["actor_name", "targets"]
+    date_hierarchy = "created_at"
+    show_full_result_count = False
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description=_("which devices"))
+    def targets_summary(self, obj):
+        shown = ", ".join(obj.targets[:3])
+        more = len(obj.targets) - 3
+        if more > 0:
+            shown += " " + gettext("and %(count)d more") % {"count": more}
+        return shown
+
+
+class ApiTokenAddForm(forms.ModelForm):
+    class Meta:
+        model = ApiToken
+        fields = ["user", "name"]
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """Tokens are made here (or by ``createapitoken``); the token is shown once, then only its hash
+    is kept. Deleting a token revokes it."""
+
+    list_display = ["token_prefix", "user", "name", "created_at", "last_used_at"]
+    list_select_related = ["user"]
+    search_fields = ["user__username", "name", "token_prefix"]
+    form = ApiTokenAddForm
+
+    def get_fields(self, request, obj=None):
+        return (
+            ["user", "name"]
+            if obj is None
+            else ["user", "name", "token_prefix", "created_at", "last_used_at"]
+        )
+
+    def get_readonly_fields(self, request, obj=None):
+        return [] if obj is None else ["user", "token_prefix", "created_at", "last_used_at"]
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            return super().save_model(request, obj, form, change)
+        record, token = ApiToken.issue(obj.user, obj.name)
+        for field in ("pk", "token_prefix", "token_hash", "created_at"):
+            setattr(obj, field, getattr(record, field))
+        obj._state = record._state
+        obj.plaintext_token = token
+
+    def response_add(self, request, obj, post_url_continue=None):
+        """Show the token on this one page (not in a message, which would sit in a cookie)."""
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": gettext("API token created"),
+            "token": obj,
+            "plaintext_token": obj.plaintext_token,
+        }
+        response = TemplateResponse(request, "admin/devices/apitoken/created.html", context)
+        return _no_store(response)
