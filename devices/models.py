@@ -317,6 +317,55 @@ class CheckStatus(models.TextChoices):
     FAILED = "failed", _("Failed")
 
 
+def check_max_runtime():
+    """Seconds a running check can legitimately take: three bounded steps plus slack."""
+    return 3 * settings.CHECK_STEP_TIMEOUT + 10
+
+
+def _process_alive(pid):
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class ConnectionCheckQuerySet(models.QuerySet):
+    def in_progress(self):
+        return self.filter(status__in=[CheckStatus.QUEUED, CheckStatus.RUNNING])
+
+    def reap_stale(self, now=None):
+        """Mark failed ("interrupted") the running checks whose worker died: at once when that
+        worker ran on this host and its process is gone, else once older than the longest a
+        check can take. Returns how many. Safe to call often (one indexed query)."""
+        import socket
+
+        from .checks import Outcome
+
+        now = now or timezone.now()
+        cutoff = now - timezone.timedelta(seconds=check_max_runtime())
+        host = socket.gethostname()
+        stale = []
+        for check in self.filter(status=CheckStatus.RUNNING).only("pk", "runner", "started_at"):
+            runner_host, _, pid = check.runner.rpartition(":")
+            dead_here = runner_host == host and pid.isdigit() and not _process_alive(int(pid))
+            too_old = check.started_at is None or check.started_at < cutoff
+            if dead_here or too_old:
+                stale.append(check.pk)
+        if not stale:
+            return 0
+        return self.filter(pk__in=stale, status=CheckStatus.RUNNING).update(
+            status=CheckStatus.FAILED,
+            outcome=Outcome.INTERRUPTED,
+            reason="the worker running this check stopped before it finished",
+            finished_at=now,
+        )
+
+
 class ConnectionCheck(models.Model):
     """One "Test connection": the device's parameters tried against the broker."""
 
@@ -336,6 +385,11 @@ class ConnectionCheck(models.Model):
     reason = models.TextField(blank=True)
     latencies = models.JSONField(default=dict)
     task_id = models.CharField(max_length=64, blank=True)
+    # "host:pid" of the worker process running it, so that a check left `running` by a killed
+    # worker is recognised at once on the same host (and by its age anywhere).
+    runner = models.CharField(max_length=128, blank=True)
+
+    objects = ConnectionCheckQuerySet.as_manager()
 
     class Meta:
         ordering = ["-queued_at"]
@@ -345,3 +399,60 @@ class ConnectionCheck(models.Model):
 
     def __str__(self):
         return f"check {self.pk} of {self.device_id}: {self.status}"
+
+    @property
+    def is_finished(self):
+        return self.status in (CheckStatus.SUCCEEDED, CheckStatus.FAILED)
+
+    @property
+    def message(self):
+        """What happened, in the active language ("" while it has not finished)."""
+        from .checks import outcome_text
+
+        return outcome_text(self.outcome)[0] if self.outcome else ""
+
+    @property
+    def hint(self):
+        from .checks import outcome_text
+
+        return outcome_text(self.outcome)[1] if self.outcome else ""
+
+    @property
+    def latency_ms(self):
+        return self.latencies.get("total") if self.latencies else None
+
+    def finish(self, outcome, detail="", connack_code=None, latencies=None):
+        """Store a result; only the fields a result changes (background work)."""
+        from .checks import Outcome
+
+        self.status = CheckStatus.SUCCEEDED if outcome == Outcome.ACCEPTED else CheckStatus.FAILED
+        self.outcome = outcome
+        self.reason = detail
+        self.connack_code = connack_code
+        self.latencies = latencies or {}
+        self.finished_at = timezone.now()
+        self.save(
+            update_fields=[
+                "status", "outcome", "reason", "connack_code", "latencies", "finished_at"
+            ]
+        )
+
+    def to_dict(self):
+        return {
+            "id": self.pk,
+            "productId": self.device.product.product_id,
+            "deviceId": self.device.device_id,
+            "status": self.status,
+            "outcome": self.outcome or None,
+            "reason": self.message or None,
+            "hint": self.hint or None,
+            "detail": self.reason or None,
+            "connackCode": self.connack_code,
+            "latencyMs": self.latency_ms,
+            "latencies": self.latencies,
+            "options": self.options,
+            "requestedBy": self.requested_by.get_username() if self.requested_by_id else None,
+            "queuedAt": self.queued_at.isoformat() if self.queued_at else None,
+            "startedAt": self.started_at.isoformat() if self.started_at else None,
+            "finishedAt": self.finished_at.isoformat() if self.finished_at else None,
+        }

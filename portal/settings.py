@@ -254,6 +254,11 @@ MQTT_MAX_CLOCK_SKEW_MS = env_int("PORTAL_MQTT_MAX_CLOCK_SKEW_MS", 0)
 
 BROKER_HOOK_TOKEN = os.environ.get("PORTAL_BROKER_HOOK_TOKEN", "")
 
+# Connection checks ("Test connection"): the bound on each step (connect, CONNACK, PUBACK), and
+# how long finished checks are kept before `python manage.py prunechecks` deletes them.
+CHECK_STEP_TIMEOUT = env_int("PORTAL_CHECK_TIMEOUT", 5, minimum=1)
+CHECK_RETENTION_DAYS = env_int("PORTAL_CHECK_RETENTION_DAYS", 30, minimum=1)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -1,0 +1,403 @@
+"""One connection check: connect as the device, publish once at QoS 1, disconnect.
+
+``run_connection_check`` takes plain values and returns a :class:`CheckResult`; it knows nothing
+of tasks, models or requests, so it can be tested against a broker directly and reused by any
+caller (the background task, a benchmark). Every failure becomes an outcome code with words a
+person can act on; it never raises for a network problem.
+
+Outcome codes are stable (they are stored and returned by the API); their titles and hints are
+translated when shown.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass, field
+
+import paho.mqtt.client as mqtt
+from django.utils.translation import gettext_lazy as _
+from paho.mqtt.enums import CallbackAPIVersion
+
+DEFAULT_STEP_TIMEOUT = 5.0  # seconds for each of: TCP+TLS connect, CONNACK, PUBACK
+
+PROTOCOLS = {"3.1": mqtt.MQTTv31, "3.1.1": mqtt.MQTTv311, "5.0": mqtt.MQTTv5}
+DEFAULT_PROTOCOL = "3.1.1"
+
+
+class Outcome:
+    """Stable outcome codes. Only ``ACCEPTED`` means the parameters work."""
+
+    ACCEPTED = "accepted"
+    REFUSED_PROTOCOL = "refused_protocol_version"
+    REFUSED_IDENTIFIER = "refused_identifier_rejected"
+    REFUSED_SERVER_UNAVAILABLE = "refused_server_unavailable"
+    REFUSED_BAD_CREDENTIALS = "refused_bad_credentials"
+    REFUSED_NOT_AUTHORIZED = "refused_not_authorized"
+    REFUSED_OTHER = "refused_other"
+    TCP_REFUSED = "tcp_refused"
+    TCP_TIMEOUT = "tcp_timeout"
+    NAME_NOT_RESOLVED = "name_not_resolved"
+    TLS_UNTRUSTED = "tls_untrusted"
+    TLS_HOSTNAME_MISMATCH = "tls_hostname_mismatch"
+    TLS_FAILED = "tls_failed"
+    NO_CONNACK = "no_connack"
+    CLOSED_BEFORE_CONNACK = "closed_before_connack"
+    NO_PUBACK = "no_puback"
+    PUBLISH_REFUSED = "publish_refused"
+    CLOSED_BEFORE_PUBACK = "closed_before_puback"
+    NETWORK_ERROR = "network_error"
+    # Set by the background work, not by run_connection_check:
+    INTERRUPTED = "interrupted"
+    INVALID_OPTIONS = "invalid_options"
+    DEVICE_GONE = "device_gone"
+    INTERNAL_ERROR = "internal_error"
+
+
+# code -> (what happened, what to do about it)
+OUTCOME_TEXT = {
+    Outcome.ACCEPTED: (
+        _("Connected and published: the broker accepted these parameters."),
+        _("The device can use exactly these parameters."),
+    ),
+    Outcome.REFUSED_PROTOCOL: (
+        _("Refused by the broker: protocol version not supported."),
+        _("Choose another MQTT version (3.1.1 is the default the broker supports)."),
+    ),
+    Outcome.REFUSED_IDENTIFIER: (
+        _("Refused by the broker: client identifier rejected."),
+        _("Check the clientId and its extension parameters; if the device is connected in "
+          "exclusive mode, another connection cannot take its place until it disconnects."),
+    ),
+    Outcome.REFUSED_SERVER_UNAVAILABLE: (
+        _("Refused by the broker: server unavailable."),
+        _("The broker is up but cannot serve connections now; look at the broker's log and "
+          "try again later."),
+    ),
+    Outcome.REFUSED_BAD_CREDENTIALS: (
+        _("Refused by the broker: bad username or password."),
+        _("The password does not match the device secret: if the secret was rotated, give the "
+          "device its new secret; check signmethod and the signed clientId and timestamp."),
+    ),
+    Outcome.REFUSED_NOT_AUTHORIZED: (
+        _("Refused by the broker: not authorized."),
+        _("The broker does not let this device in: check that the device is enabled, that "
+          "securemode matches the port, and that the device is not connected in exclusive mode."),
+    ),
+    Outcome.REFUSED_OTHER: (
+        _("Refused by the broker."),
+        _("Look up the CONNACK code in the broker's documentation and its log."),
+    ),
+    Outcome.TCP_REFUSED: (
+        _("TCP connection refused: nothing listens on that host and port."),
+        _("Check the broker host and port, and that the broker is running."),
+    ),
+    Outcome.TCP_TIMEOUT: (
+        _("TCP connection timed out."),
+        _("The host does not answer on that port: check the address, firewalls and routing."),
+    ),
+    Outcome.NAME_NOT_RESOLVED: (
+        _("The broker's host name could not be resolved."),
+        _("Check the spelling of the host name (PORTAL_MQTT_HOST) and the DNS settings."),
+    ),
+    Outcome.TLS_UNTRUSTED: (
+        _("TLS failure: the broker's certificate is not trusted."),
+        _("The CA certificate does not match the broker's certificate: use the deployment's CA "
+          "certificate (securemode=2), or check which certificate the broker presents."),
+    ),
+    Outcome.TLS_HOSTNAME_MISMATCH: (
+        _("TLS failure: the certificate does not match the host name."),
+        _("Connect with a host name listed in the broker's certificate, or issue a certificate "
+          "for this host name."),
+    ),
+    Outcome.TLS_FAILED: (
+        _("TLS failure."),
+        _("The TLS handshake failed: check that this port speaks TLS (securemode=2) and the "
+          "TLS versions and ciphers both sides allow."),
+    ),
+    Outcome.NO_CONNACK: (
+        _("No CONNACK within the timeout."),
+        _("Something accepted the TCP connection but did not answer as an MQTT broker: check "
+          "that the port belongs to the broker, and whether it is overloaded."),
+    ),
+    Outcome.CLOSED_BEFORE_CONNACK: (
+        _("The broker closed the connection without a CONNACK."),
+        _("The broker dropped the CONNECT: look at the broker's log for the reason (e.g. a "
+          "securemode that does not match the port, or a plain-TCP client on a TLS port)."),
+    ),
+    Outcome.NO_PUBACK: (
+        _("No PUBACK within the timeout."),
+        _("The connection was accepted but the test message was not acknowledged: look at "
+          "the broker's log and its topic permissions."),
+    ),
+    Outcome.PUBLISH_REFUSED: (
+        _("The broker refused the test message."),
+        _("The device may not publish to its own topic space: check the broker's topic rules."),
+    ),
+    Outcome.CLOSED_BEFORE_PUBACK: (
+        _("The broker closed the connection before acknowledging the test message."),
+        _("Another connection of the same device may have replaced this one, or the broker "
+          "refused the message: look at the broker's log."),
+    ),
+    Outcome.NETWORK_ERROR: (
+        _("Network error."),
+        _("The connection failed for a reason shown in the details; check the network path "
+          "to the broker."),
+    ),
+    Outcome.INTERRUPTED: (
+        _("Interrupted: the worker stopped while running this check."),
+        _("Run the check again; if it keeps happening, look at the worker's log."),
+    ),
+    Outcome.INVALID_OPTIONS: (
+        _("The check's options are not valid for this deployment."),
+        _("Choose other options (for example securemode=3 when there is no TLS listener)."),
+    ),
+    Outcome.DEVICE_GONE: (
+        _("The device was deleted before the check ran."),
+        _("Nothing to do."),
+    ),
+    Outcome.INTERNAL_ERROR: (
+        _("The check could not run because of an internal error."),
+        _("Look at the worker's log."),
+    ),
+}
+
+# MQTT 3.1/3.1.1 CONNACK return codes and MQTT 5 reason codes -> outcome.
+_CONNACK_V3 = {
+    1: Outcome.REFUSED_PROTOCOL,
+    2: Outcome.REFUSED_IDENTIFIER,
+    3: Outcome.REFUSED_SERVER_UNAVAILABLE,
+    4: Outcome.REFUSED_BAD_CREDENTIALS,
+    5: Outcome.REFUSED_NOT_AUTHORIZED,
+}
+_CONNACK_V5 = {
+    0x84: Outcome.REFUSED_PROTOCOL,
+    0x85: Outcome.REFUSED_IDENTIFIER,
+    0x88: Outcome.REFUSED_SERVER_UNAVAILABLE,
+    0x89: Outcome.REFUSED_SERVER_UNAVAILABLE,  # server busy
+    0x86: Outcome.REFUSED_BAD_CREDENTIALS,
+    0x87: Outcome.REFUSED_NOT_AUTHORIZED,
+    0x8A: Outcome.REFUSED_NOT_AUTHORIZED,  # banned
+}
+
+# OpenSSL verify codes (X509_V_ERR_*) that mean "hostname/IP does not match the certificate".
+_HOSTNAME_MISMATCH_CODES = {62, 64}
+
+
+def outcome_text(code: str) -> tuple[str, str]:
+    """(message, hint) for an outcome code, translated into the active language."""
+    message, hint = OUTCOME_TEXT.get(code, OUTCOME_TEXT[Outcome.INTERNAL_ERROR])
+    return str(message), str(hint)
+
+
+def connack_outcome(code: int, protocol: str) -> str:
+    if code == 0:
+        return Outcome.ACCEPTED
+    table = _CONNACK_V5 if protocol == "5.0" else _CONNACK_V3
+    return table.get(code, Outcome.REFUSED_OTHER)
+
+
+@dataclass
+class CheckResult:
+    outcome: str
+    connack_code: int | None = None
+    detail: str = ""  # technical detail (an exception's text, a PUBACK reason), English
+    latencies: dict = field(default_factory=dict)  # step -> milliseconds
+
+    @property
+    def succeeded(self) -> bool:
+        return self.outcome == Outcome.ACCEPTED
+
+    @property
+    def message(self) -> str:
+        return outcome_text(self.outcome)[0]
+
+    @property
+    def hint(self) -> str:
+        return outcome_text(self.outcome)[1]
+
+
+class _TimedClient(mqtt.Client):
+    """paho's client, instrumented: times the TCP and TLS steps and keeps the raw CONNACK code
+    (paho does not pass it to ``on_connect`` when it refuses the protocol version itself)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.step_ms: dict[str, float] = {}
+        self.raw_connack: int | None = None
+        self.failed_step: str | None = None
+
+    def _create_socket_connection(self):
+        self.failed_step = "tcp"
+        started = time.perf_counter()
+        sock = super()._create_socket_connection()
+        self.step_ms["tcp"] = _ms(started)
+        return sock
+
+    def _ssl_wrap_socket(self, tcp_sock):
+        self.failed_step = "tls"
+        started = time.perf_counter()
+        sock = super()._ssl_wrap_socket(tcp_sock)
+        self.step_ms["tls"] = _ms(started)
+        self.failed_step = None
+        return sock
+
+    def _handle_connack(self):
+        packet = self._in_packet["packet"]
+        if len(packet) >= 2:
+            self.raw_connack = packet[1]
+        return super()._handle_connack()
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 2)
+
+
+def _connect_failure(error: BaseException, step: str | None) -> tuple[str, str]:
+    """Classify an exception raised while opening the TCP/TLS connection."""
+    if isinstance(error, socket.gaierror):
+        return Outcome.NAME_NOT_RESOLVED, str(error)
+    if isinstance(error, ssl.SSLCertVerificationError):
+        if error.verify_code in _HOSTNAME_MISMATCH_CODES:
+            return Outcome.TLS_HOSTNAME_MISMATCH, error.verify_message or str(error)
+        return Outcome.TLS_UNTRUSTED, error.verify_message or str(error)
+    if isinstance(error, ssl.CertificateError):  # ssl.match_hostname on the paho path
+        return Outcome.TLS_HOSTNAME_MISMATCH, str(error)
+    if isinstance(error, ssl.SSLError):
+        return Outcome.TLS_FAILED, str(error)
+    if isinstance(error, ConnectionRefusedError):
+        return Outcome.TCP_REFUSED, str(error)
+    if isinstance(error, (TimeoutError, socket.timeout)):
+        if step == "tls":
+            return Outcome.TLS_FAILED, "TLS handshake timed out"
+        return Outcome.TCP_TIMEOUT, str(error) or "timed out"
+    if step == "tls" and isinstance(error, (ConnectionResetError, BrokenPipeError, EOFError)):
+        return Outcome.TLS_FAILED, str(error) or type(error).__name__
+    return Outcome.NETWORK_ERROR, f"{type(error).__name__}: {error}"
+
+
+def run_connection_check(
+    host: str,
+    port: int,
+    mqtt_client_id: str,
+    username: str,
+    password: str,
+    *,
+    topic: str,
+    tls: bool = False,
+    ca_file: str | None = None,
+    protocol: str = DEFAULT_PROTOCOL,
+    timeout: float = DEFAULT_STEP_TIMEOUT,
+    payload: bytes = b'{"portalCheck":true}',
+) -> CheckResult:
+    """Connect with these CONNECT fields, wait for CONNACK, publish one QoS 1 message to
+    ``topic`` and wait for its PUBACK, then disconnect cleanly.
+
+    ``timeout`` bounds each step (TCP+TLS connect, CONNACK, PUBACK), so a check never takes
+    longer than about three times it. Latencies are in milliseconds: ``tcp`` (includes name
+    resolution), ``tls``, ``connack`` (CONNECT sent → CONNACK), ``puback`` (PUBLISH → PUBACK),
+    ``total``.
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}")
+    started = time.perf_counter()
+    version = PROTOCOLS[protocol]
+    client = _TimedClient(
+        CallbackAPIVersion.VERSION2,
+        client_id=mqtt_client_id,
+        protocol=version,
+        clean_session=None if version == mqtt.MQTTv5 else True,
+        reconnect_on_failure=False,
+    )
+    client.username_pw_set(username, password)
+    if tls:
+        context = ssl.create_default_context(cafile=ca_file) if ca_file else (
+            ssl.create_default_context()
+        )
+        client.tls_set_context(context)
+    client.connect_timeout = timeout
+
+    state = {"connack": None, "puback": None, "puback_reason": None, "closed": False}
+    lock = threading.Lock()
+
+    def on_connect(_client, _userdata, _flags, reason_code, _properties):
+        with lock:
+            state["connack"] = reason_code.value if hasattr(reason_code, "value") else reason_code
+
+    def on_publish(_client, _userdata, mid, reason_code, _properties):
+        with lock:
+            state["puback"] = mid
+            state["puback_reason"] = getattr(reason_code, "value", 0)
+
+    def on_disconnect(_client, _userdata, _flags, reason_code, _properties):
+        with lock:
+            state["closed"] = True
+
+    client.on_connect = on_connect
+    client.on_publish = on_publish
+    client.on_disconnect = on_disconnect
+    latencies: dict[str, float] = {}
+
+    def finish(outcome, detail="", connack_code=None):
+        latencies.update(client.step_ms)
+        latencies["total"] = _ms(started)
+        try:
+            client.disconnect()
+            client.loop(timeout=0.05)
+        except Exception:  # noqa: BLE001 - closing a broken socket may fail; nothing to do
+            pass
+        finally:
+            try:
+                client._sock_close()
+            except Exception:  # noqa: BLE001
+                pass
+        return CheckResult(outcome, connack_code, detail, dict(latencies))
+
+    try:
+        client.connect(host, port, keepalive=max(10, int(timeout * 4)))
+    except (OSError, ssl.SSLError, ssl.CertificateError) as error:
+        outcome, detail = _connect_failure(error, client.failed_step)
+        return finish(outcome, detail)
+
+    # CONNECT has been written; wait for CONNACK.
+    connect_sent = time.perf_counter()
+    deadline = connect_sent + timeout
+    while True:
+        rc = client.loop(timeout=0.02)
+        if client.raw_connack is not None or state["connack"] is not None:
+            break
+        if rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_AGAIN) or state["closed"]:
+            break
+        if time.perf_counter() >= deadline:
+            return finish(Outcome.NO_CONNACK, f"no CONNACK after {timeout:g} s")
+    code = client.raw_connack if client.raw_connack is not None else state["connack"]
+    if code is None:
+        return finish(Outcome.CLOSED_BEFORE_CONNACK, "connection closed before CONNACK")
+    latencies["connack"] = _ms(connect_sent)
+    outcome = connack_outcome(code, protocol)
+    if outcome != Outcome.ACCEPTED:
+        return finish(outcome, f"CONNACK code {code}", connack_code=code)
+
+    publish_sent = time.perf_counter()
+    info = client.publish(topic, payload, qos=1)
+    deadline = publish_sent + timeout
+    while state["puback"] is None:
+        rc = client.loop(timeout=0.02)
+        if state["puback"] is not None:
+            break
+        if rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_AGAIN) or state["closed"]:
+            return finish(
+                Outcome.CLOSED_BEFORE_PUBACK, "connection closed before PUBACK", connack_code=code
+            )
+        if time.perf_counter() >= deadline:
+            return finish(Outcome.NO_PUBACK, f"no PUBACK after {timeout:g} s", connack_code=code)
+    if state["puback"] != info.mid:
+        return finish(Outcome.NO_PUBACK, "PUBACK for another message", connack_code=code)
+    latencies["puback"] = _ms(publish_sent)
+    if state["puback_reason"] and state["puback_reason"] >= 0x80:
+        return finish(
+            Outcome.PUBLISH_REFUSED, f"PUBACK reason {state['puback_reason']:#x}", connack_code=code
+        )
+    return finish(Outcome.ACCEPTED, connack_code=code)

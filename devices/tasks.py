@@ -1,0 +1,170 @@
+"""Background work: connection checks run by a worker through the Tasks API.
+
+The task body only loads, calls and stores: the parameters come from
+``Device.connection_params`` (the one place that computes a password), the network work from
+``checks.run_connection_check``. Every entry point (API, console, admin, command) starts a check
+with :func:`request_check`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+from django.utils.translation import gettext as _
+from django_tasks import task
+
+from .checks import DEFAULT_PROTOCOL, PROTOCOLS, Outcome, run_connection_check
+from .models import CheckStatus, ConnectionCheck, Device, DeviceStatus, check_max_runtime
+from .options import ConnectionOptions, OptionError
+
+logger = logging.getLogger(__name__)
+
+CHECK_TOPIC = "/{product_id}/{device_id}/user/portal-check"
+WAIT_POLL_SECONDS = 0.2
+
+
+class DeviceOnlineError(Exception):
+    """The device is connected; a check would replace its session (or be refused)."""
+
+    code = "device_online"
+
+    def __init__(self, device):
+        self.device = device
+        super().__init__(
+            _(
+                "Device %(device)s is online. A check connects as the device, so the broker "
+                "disconnects the device (or refuses the check if it connected exclusive). "
+                "Confirm with force=true to run it anyway."
+            )
+            % {"device": device.device_id}
+        )
+
+
+def request_check(
+    device: Device,
+    *,
+    options: ConnectionOptions | None = None,
+    protocol: str = DEFAULT_PROTOCOL,
+    requested_by=None,
+    force: bool = False,
+) -> ConnectionCheck:
+    """Record a queued check and enqueue its task once the row is committed.
+
+    Raises OptionError for options this deployment cannot use (checked now, so that the
+    caller can answer 400 instead of queueing a check bound to fail) and DeviceOnlineError when
+    the device is online and ``force`` is false.
+    """
+    options = options or ConnectionOptions()
+    if protocol not in PROTOCOLS:
+        raise OptionError("protocol", f"protocol must be one of {', '.join(PROTOCOLS)}.")
+    device.connection_params(options)  # validates; the password is computed again at run time
+    if device.status == DeviceStatus.ONLINE and not force:
+        raise DeviceOnlineError(device)
+    stored = options.as_query()
+    stored["protocol"] = protocol
+    check = ConnectionCheck.objects.create(
+        device=device,
+        options=stored,
+        requested_by=requested_by if requested_by and requested_by.is_authenticated else None,
+    )
+    transaction.on_commit(lambda: _enqueue(check.pk))
+    return check
+
+
+def _enqueue(check_id: int):
+    result = run_check.enqueue(check_id)
+    ConnectionCheck.objects.filter(pk=check_id).update(task_id=str(result.id)[:64])
+
+
+def _runner_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _claim(check_id: int) -> str:
+    """Mark the check running unless another check of its device runs: "claimed", "busy", or
+    "gone" (deleted or no longer queued). The device row lock serialises claims per device
+    (SQLite serialises all writes anyway)."""
+    with transaction.atomic():
+        check = ConnectionCheck.objects.filter(pk=check_id).only("device_id", "status").first()
+        if check is None or check.status != CheckStatus.QUEUED:
+            return "gone"
+        list(Device.objects.select_for_update().filter(pk=check.device_id).values("pk"))
+        busy = (
+            ConnectionCheck.objects.filter(device_id=check.device_id, status=CheckStatus.RUNNING)
+            .exclude(pk=check_id)
+            .exists()
+        )
+        if busy:
+            return "busy"
+        updated = ConnectionCheck.objects.filter(pk=check_id, status=CheckStatus.QUEUED).update(
+            status=CheckStatus.RUNNING, started_at=timezone.now(), runner=_runner_name()
+        )
+        return "claimed" if updated else "gone"
+
+
+@task()
+def run_check(check_id: int) -> str:
+    """Run one queued ConnectionCheck and store its result. Returns the outcome code.
+
+    Two checks of one device never run at once (each would replace the other's session at the
+    broker): the second waits here until the first finishes or is found interrupted.
+    """
+    ConnectionCheck.objects.reap_stale()
+    give_up = time.monotonic() + 2 * check_max_runtime()
+    while True:
+        claim = _claim(check_id)
+        if claim == "gone":
+            return "skipped"
+        if claim == "claimed":
+            break
+        # "busy": another check of this device runs. reap_stale ends it by check_max_runtime()
+        # at the latest, so give_up only guards against a clock jump.
+        if time.monotonic() > give_up:
+            break
+        time.sleep(WAIT_POLL_SECONDS)
+        ConnectionCheck.objects.reap_stale()
+    check = ConnectionCheck.objects.select_related("device__product").get(pk=check_id)
+    if check.status != CheckStatus.RUNNING:  # the give-up path
+        ConnectionCheck.objects.filter(pk=check_id).update(
+            status=CheckStatus.RUNNING, started_at=timezone.now(), runner=_runner_name()
+        )
+        check.refresh_from_db()
+    try:
+        result = _run(check)
+    except Exception as error:  # noqa: BLE001 - a check must end with a reason, never stuck
+        logger.exception("connection check %s failed unexpectedly", check_id)
+        check.finish(Outcome.INTERNAL_ERROR, f"{type(error).__name__}: {error}")
+        return Outcome.INTERNAL_ERROR
+    check.finish(result.outcome, result.detail, result.connack_code, result.latencies)
+    return result.outcome
+
+
+def _run(check: ConnectionCheck):
+    from .checks import CheckResult
+
+    stored = dict(check.options)
+    protocol = stored.pop("protocol", DEFAULT_PROTOCOL)
+    device = check.device
+    try:
+        options = ConnectionOptions.from_query(stored)
+        params = device.connection_params(options)
+    except OptionError as error:
+        return CheckResult(Outcome.INVALID_OPTIONS, detail=f"{error.field}: {error.message}")
+    return run_connection_check(
+        params["host"],
+        params["port"],
+        params["mqttClientId"],
+        params["mqttUsername"],
+        params["mqttPassword"],
+        tls=params["securemode"] == 2,
+        ca_file=settings.MQTT_CA_FILE if params["securemode"] == 2 else None,
+        protocol=protocol,
+        topic=CHECK_TOPIC.format(product_id=device.product.product_id, device_id=device.device_id),
+        timeout=settings.CHECK_STEP_TIMEOUT,
+    )

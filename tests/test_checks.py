@@ -1,0 +1,251 @@
+"""run_connection_check against real sockets: each outcome comes from a real fault.
+
+The servers here (a port nothing listens on, a TCP server that never answers, TLS servers with
+certificates from throw-away CAs) are also fixtures for the other check tests.
+"""
+
+import datetime
+import ipaddress
+import socket
+import ssl
+import threading
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from devices.checks import Outcome, connack_outcome, run_connection_check
+
+TOPIC = "/a1B2c3D4e5F/sensor-001/user/portal-check"
+
+
+def _fields(**overrides):
+    values = dict(
+        host="127.0.0.1", port=1, mqtt_client_id="c|securemode=3,signmethod=hmacsha256|",
+        username="sensor-001&a1B2c3D4e5F", password="0" * 64, topic=TOPIC, timeout=1.0,
+    )
+    values.update(overrides)
+    host, port = values.pop("host"), values.pop("port")
+    client_id, username, password = (
+        values.pop("mqtt_client_id"), values.pop("username"), values.pop("password")
+    )
+    return run_connection_check(host, port, client_id, username, password, **values)
+
+
+# --- servers -------------------------------------------------------------------------------
+
+
+class SilentServer:
+    """Accepts TCP connections (optionally completing a TLS handshake) and never answers."""
+
+    def __init__(self, tls_context=None):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.tls_context = tls_context
+        self.accepted = 0
+        self.held = []
+        self.stopped = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while not self.stopped:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            if self.tls_context is not None:
+                try:
+                    conn.settimeout(5)
+                    conn = self.tls_context.wrap_socket(conn, server_side=True)
+                except (OSError, ssl.SSLError):
+                    conn.close()
+                    continue
+            self.held.append(conn)  # keep it open, say nothing
+
+    def close(self):
+        self.stopped = True
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+def free_port():
+    """A port on 127.0.0.1 that nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def make_ca(name):
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject).issuer_name(subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                          content_commitment=False, key_encipherment=False,
+                          data_encipherment=False, key_agreement=False,
+                          encipher_only=False, decipher_only=False),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    return cert, key
+
+
+def make_server_cert(ca, names, tmp_path, stem):
+    """A server certificate for ``names`` (DNS names or IP addresses) signed by ``ca``."""
+    ca_cert, ca_key = ca
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    alt = []
+    for name in names:
+        try:
+            alt.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            alt.append(x509.DNSName(name))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+        .issuer_name(ca_cert.subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.SubjectAlternativeName(alt), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / f"{stem}.pem", tmp_path / f"{stem}-key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                          serialization.NoEncryption())
+    )
+    return cert_file, key_file
+
+
+def write_ca(ca, path):
+    path.write_bytes(ca[0].public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+@pytest.fixture
+def silent_server():
+    server = SilentServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def throwaway_ca(tmp_path):
+    ca = make_ca("Throw-away test CA")
+    return ca, write_ca(ca, tmp_path / "throwaway-ca.pem")
+
+
+@pytest.fixture
+def tls_server_for(tmp_path, throwaway_ca):
+    """Start a silent TLS server whose certificate names ``names``; returns (server, ca_file)."""
+    servers = []
+
+    def start(names):
+        ca, ca_file = throwaway_ca
+        cert_file, key_file = make_server_cert(ca, names, tmp_path, f"server{len(servers)}")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert_file, key_file)
+        server = SilentServer(tls_context=context)
+        servers.append(server)
+        return server, ca_file
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+# --- outcomes from real faults ---------------------------------------------------------------
+
+
+def test_a_closed_port_is_a_refused_tcp_connection():
+    result = _fields(port=free_port())
+    assert result.outcome == Outcome.TCP_REFUSED
+    assert not result.succeeded
+    assert result.connack_code is None
+    assert "total" in result.latencies
+
+
+def test_an_unresolvable_host_name_says_the_name_was_not_resolved():
+    result = _fields(host="nonexistent.invalid", port=1883)
+    assert result.outcome == Outcome.NAME_NOT_RESOLVED
+
+
+def test_a_server_that_never_answers_gives_no_connack_within_the_timeout(silent_server):
+    result = _fields(port=silent_server.port, timeout=0.5)
+    assert result.outcome == Outcome.NO_CONNACK
+    assert silent_server.accepted == 1
+    assert 500 <= result.latencies["total"] < 2500
+    assert "tcp" in result.latencies and "connack" not in result.latencies
+
+
+def test_a_certificate_from_another_ca_is_not_trusted(tls_server_for, tmp_path):
+    server, _right_ca = tls_server_for(["127.0.0.1", "localhost"])
+    wrong_ca = write_ca(make_ca("Some other CA"), tmp_path / "wrong-ca.pem")
+    result = _fields(port=server.port, tls=True, ca_file=str(wrong_ca))
+    assert result.outcome == Outcome.TLS_UNTRUSTED
+    assert "tls" not in result.latencies  # the handshake did not complete
+
+
+def test_a_certificate_for_another_name_is_a_hostname_mismatch(tls_server_for):
+    server, ca_file = tls_server_for(["broker.example"])
+    result = _fields(port=server.port, tls=True, ca_file=str(ca_file))
+    assert result.outcome == Outcome.TLS_HOSTNAME_MISMATCH
+
+
+def test_a_trusted_tls_server_that_never_answers_mqtt_gives_no_connack(tls_server_for):
+    server, ca_file = tls_server_for(["127.0.0.1"])
+    result = _fields(port=server.port, tls=True, ca_file=str(ca_file), timeout=0.5)
+    assert result.outcome == Outcome.NO_CONNACK
+    assert result.latencies["tls"] > 0
+
+
+def test_plain_tls_to_a_port_that_speaks_no_tls_is_a_tls_failure(silent_server):
+    result = _fields(port=silent_server.port, tls=True, timeout=0.5)
+    assert result.outcome == Outcome.TLS_FAILED
+
+
+def test_it_refuses_an_unknown_protocol_version():
+    with pytest.raises(ValueError, match="protocol must be one of"):
+        _fields(protocol="4.0")
+
+
+# --- words ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "code, protocol, outcome",
+    [
+        (0, "3.1.1", Outcome.ACCEPTED),
+        (1, "3.1.1", Outcome.REFUSED_PROTOCOL),
+        (2, "3.1", Outcome.REFUSED_IDENTIFIER),
+        (3, "3.1.1", Outcome.REFUSED_SERVER_UNAVAILABLE),
+        (4, "3.1.1", Outcome.REFUSED_BAD_CREDENTIALS),
+        (5, "3.1.1", Outcome.REFUSED_NOT_AUTHORIZED),
+        (0x86, "5.0", Outcome.REFUSED_BAD_CREDENTIALS),
+        (0x87, "5.0", Outcome.REFUSED_NOT_AUTHORIZED),
+        (0x84, "5.0", Outcome.REFUSED_PROTOCOL),
+        (0x85, "5.0", Outcome.REFUSED_IDENTIFIER),
+        (0x88, "5.0", Outcome.REFUSED_SERVER_UNAVAILABLE),
+        (0x99, "5.0", Outcome.REFUSED_OTHER),
+    ],
+)
+def test_connack_codes_of_the_mqtt_specifications_map_to_outcomes(code, protocol, outcome):
+    assert connack_outcome(code, protocol) == outcome
