@@ -5,17 +5,21 @@ Authentication: the console's session, or ``Authorization: Bearer <api token>``.
 gives: 401, 404, 403, 400.
 """
 
+import json
 from functools import wraps
 
 from django.conf import settings
 from django.http import JsonResponse
+from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_GET, require_http_methods
 
-from .models import ApiToken, Device
+from .models import ApiToken, ConnectionCheck, Device
 from .options import ConnectionOptions, OptionError
 
 SECRET_PERMISSION = "devices.view_device_secret"
+CHECK_PERMISSION = "devices.add_connectioncheck"
+CHECK_HISTORY_LENGTH = 20
 
 
 def error_response(status, code, message, field=None):
@@ -84,6 +88,116 @@ def mqtt_params(request, product_id, device_id):
     except OptionError as error:
         return error_response(400, error.code, error.message, error.field)
     response = JsonResponse(params)
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+def _csrf_failure(request):
+    """Session-authenticated writes need the CSRF token (token requests carry no cookie)."""
+    if bearer_token(request) is not None:
+        return None
+    rejected = CsrfViewMiddleware(lambda r: None).process_view(request, None, (), {})
+    if rejected is None:
+        return None
+    return error_response(
+        403, "csrf_failed", "Send the CSRF token in the X-CSRFToken header (session requests)."
+    )
+
+
+CHECK_BODY_KEYS = ("securemode", "signmethod", "timestamp", "clientId", "exclusive")
+
+
+def _parse_check_body(request):
+    """(ConnectionOptions, protocol, force) from an optional JSON object; raises OptionError."""
+    from .checks import DEFAULT_PROTOCOL, PROTOCOLS
+
+    if not request.body.strip():
+        body = {}
+    else:
+        try:
+            body = json.loads(request.body)
+        except (ValueError, UnicodeDecodeError):
+            raise OptionError(None, "The body must be a JSON object (or empty).") from None
+    if not isinstance(body, dict):
+        raise OptionError(None, "The body must be a JSON object (or empty).")
+    allowed = (*CHECK_BODY_KEYS, "protocol", "force")
+    for key in body:
+        if key not in allowed:
+            raise OptionError(key, f"Unknown field {key!r}; allowed: {', '.join(allowed)}.")
+    query = {}
+    for key in CHECK_BODY_KEYS:
+        value = body.get(key)
+        if value is None:
+            if key == "timestamp" and "timestamp" in body:
+                query[key] = "none"
+            continue
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        elif isinstance(value, int):
+            value = str(value)
+        elif not isinstance(value, str):
+            raise OptionError(key, f"{key} must be a string, a number or a boolean.")
+        query[key] = value
+    options = ConnectionOptions.from_query(query)
+    protocol = body.get("protocol", DEFAULT_PROTOCOL)
+    if protocol not in PROTOCOLS:
+        raise OptionError("protocol", f"protocol must be one of {', '.join(PROTOCOLS)}.")
+    force = body.get("force", False)
+    if not isinstance(force, bool):
+        raise OptionError("force", "force must be true or false.")
+    return options, protocol, force
+
+
+@require_http_methods(["GET", "POST"])
+@api_auth
+def device_checks(request, product_id, device_id):
+    """GET: the device's latest checks. POST: queue a connection check (202)."""
+    from .tasks import DeviceOnlineError, request_check
+
+    device = _get_device(request, product_id, device_id)
+    if device is None:
+        return error_response(
+            404, "not_found", f"No device {device_id!r} in product {product_id!r}.", None
+        )
+    if request.method == "GET":
+        ConnectionCheck.objects.reap_stale()
+        checks = device.checks.select_related("device__product", "requested_by")
+        return JsonResponse({"checks": [c.to_dict() for c in checks[:CHECK_HISTORY_LENGTH]]})
+    csrf_failure = _csrf_failure(request)
+    if csrf_failure is not None:
+        return csrf_failure
+    if not request.user.has_perm(CHECK_PERMISSION):
+        return error_response(
+            403,
+            "permission_denied",
+            "A check connects to the broker as the device; this needs the permission "
+            "devices.add_connectioncheck.",
+        )
+    try:
+        options, protocol, force = _parse_check_body(request)
+        check = request_check(
+            device, options=options, protocol=protocol, requested_by=request.user, force=force
+        )
+    except OptionError as error:
+        return error_response(400, error.code, error.message, error.field)
+    except DeviceOnlineError as error:
+        return error_response(409, error.code, str(error), "force")
+    check.refresh_from_db()
+    return JsonResponse(check.to_dict(), status=202)
+
+
+@require_GET
+@api_auth
+def check_detail(request, check_id):
+    ConnectionCheck.objects.reap_stale()
+    check = (
+        ConnectionCheck.objects.select_related("device__product", "requested_by")
+        .filter(pk=check_id, device__in=Device.objects.for_user(request.user))
+        .first()
+    )
+    if check is None:
+        return error_response(404, "not_found", f"No connection check {check_id}.")
+    response = JsonResponse(check.to_dict())
     response["Cache-Control"] = "no-store"
     return response
 

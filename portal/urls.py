@@ -13,5 +13,11 @@ urlpatterns = [
         api.mqtt_params,
         name="api-mqtt-params",
     ),
+    path(
+        "api/v1/products/<str:product_id>/devices/<str:device_id>/checks",
+        api.device_checks,
+        name="api-device-checks",
+    ),
+    path("api/v1/checks/<int:check_id>", api.check_detail, name="api-check"),
     path("", include("devices.urls")),
 ]

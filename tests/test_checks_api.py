@@ -1,0 +1,163 @@
+"""The check endpoints: POST .../devices/{deviceId}/checks and GET /api/v1/checks/{id}.
+
+Here tasks run at once (the immediate backend) against a port nothing listens on, so a check
+really runs and really fails; tests/test_tasks.py runs them through a real db_worker and broker.
+"""
+
+import json
+
+import pytest
+from django.test import override_settings
+
+from devices.models import ApiToken, CheckStatus, ConnectionCheck, DeviceStatus
+from tests.test_checks import free_port
+
+URL = "/api/v1/products/a1B2c3D4e5F/devices/sensor-001/checks"
+
+
+@pytest.fixture
+def token(owner):
+    return ApiToken.issue(owner)[1]
+
+
+@pytest.fixture
+def closed_broker_port():
+    with override_settings(MQTT_HOST="127.0.0.1", MQTT_PORT=free_port(), MQTT_TLS_PORT=None):
+        yield
+
+
+def post(client, token=None, body=None, **extra):
+    headers = {"HTTP_AUTHORIZATION": f"Bearer {token}"} if token else {}
+    data = json.dumps(body) if body is not None else ""
+    return client.post(URL, data=data, content_type="application/json", **headers, **extra)
+
+
+def test_it_needs_a_login(client, device):
+    response = post(client)
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "not_authenticated"
+
+
+def test_an_unknown_device_is_404(client, device, token):
+    response = client.post(
+        "/api/v1/products/a1B2c3D4e5F/devices/nope/checks",
+        HTTP_AUTHORIZATION=f"Bearer {token}",
+    )
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+
+
+def test_a_member_without_the_check_permission_is_403(client, device, member):
+    member_token = ApiToken.issue(member)[1]
+    response = post(client, member_token)
+    assert response.status_code == 403
+    assert "devices.add_connectioncheck" in response.json()["error"]["message"]
+    assert not ConnectionCheck.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"securemode": 4}, "securemode"),
+        ({"signmethod": "sha512"}, "signmethod"),
+        ({"protocol": "4.0"}, "protocol"),
+        ({"force": "yes"}, "force"),
+        ({"clientId": "a|b"}, "clientId"),
+        ({"colour": "red"}, "colour"),
+        ({"securemode": 2}, "securemode"),  # this deployment has no TLS listener
+    ],
+)
+def test_a_bad_option_is_400_naming_the_field(client, device, token, closed_broker_port, body, field):
+    response = post(client, token, body)
+    assert response.status_code == 400
+    assert response.json()["error"]["field"] == field
+    assert not ConnectionCheck.objects.exists()
+
+
+def test_a_body_that_is_not_a_json_object_is_400(client, device, token):
+    response = client.post(
+        URL, data="[1, 2]", content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {token}"
+    )
+    assert response.status_code == 400
+    assert "JSON object" in response.json()["error"]["message"]
+
+
+def test_a_check_against_a_broker_that_is_down_fails_with_its_reason(
+    client, device, token, closed_broker_port, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        response = post(client, token, {"signmethod": "hmacsha1", "protocol": "5.0"})
+    assert response.status_code == 202
+    queued = response.json()
+    assert queued["status"] == "queued"
+    assert queued["options"]["signmethod"] == "hmacsha1"
+    assert queued["options"]["protocol"] == "5.0"
+
+    result = client.get(f"/api/v1/checks/{queued['id']}", HTTP_AUTHORIZATION=f"Bearer {token}")
+    assert result.status_code == 200
+    body = result.json()
+    assert body["status"] == "failed"
+    assert body["outcome"] == "tcp_refused"
+    assert body["reason"].startswith("TCP connection refused")
+    assert body["hint"]
+    assert body["latencyMs"] is not None
+    assert body["requestedBy"] == "alice"
+    assert body["finishedAt"] is not None
+
+
+def test_an_online_device_needs_force_and_409_says_why(
+    client, device, token, closed_broker_port, django_capture_on_commit_callbacks
+):
+    device.status = DeviceStatus.ONLINE
+    device.save(update_fields=["status"])
+    response = post(client, token)
+    assert response.status_code == 409
+    error = response.json()["error"]
+    assert error["code"] == "device_online"
+    assert error["field"] == "force"
+    assert "disconnects the device" in error["message"]
+    assert not ConnectionCheck.objects.exists()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        forced = post(client, token, {"force": True})
+    assert forced.status_code == 202
+    assert ConnectionCheck.objects.get().status == CheckStatus.FAILED
+
+
+def test_a_session_post_needs_the_csrf_token(device, owner, closed_broker_port):
+    from django.test import Client
+
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(owner)
+    response = post(client)
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "csrf_failed"
+    client.get("/api/v1/openapi.json")  # any page; then use the cookie the way the console does
+    from django.middleware.csrf import _get_new_csrf_string, _mask_cipher_secret
+
+    secret = _get_new_csrf_string()
+    client.cookies["csrftoken"] = secret
+    response = post(client, HTTP_X_CSRFTOKEN=_mask_cipher_secret(secret))
+    assert response.status_code == 202
+
+
+def test_the_history_lists_the_devices_checks_newest_first(
+    client, device, token, closed_broker_port, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        first = post(client, token).json()["id"]
+        second = post(client, token, {"protocol": "3.1"}).json()["id"]
+    response = client.get(URL, HTTP_AUTHORIZATION=f"Bearer {token}")
+    assert response.status_code == 200
+    assert [c["id"] for c in response.json()["checks"]] == [second, first]
+
+
+def test_an_unknown_check_is_404(client, device, token):
+    response = client.get("/api/v1/checks/999999", HTTP_AUTHORIZATION=f"Bearer {token}")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+
+
+def test_reading_a_check_needs_a_login(client, device):
+    check = ConnectionCheck.objects.create(device=device)
+    assert client.get(f"/api/v1/checks/{check.pk}").status_code == 401
