@@ -130,9 +130,7 @@ def test_csv_without_header_or_bom():
 def test_csv_with_too_many_columns_names_the_line():
     with pytest.raises(batches.BatchError) as error:
         batches.rows_from_csv(b"deviceId,name\na,b\nc,d,e\n")
-    assert error.value.problems == [
-        (3, "expected deviceId and an optional name, found 3 columns.")
-    ]
+    assert error.value.problems == [(3, "expected deviceId and an optional name, found 3 columns.")]
 
 
 def test_csv_that_is_not_utf8_is_refused_with_its_line():
