@@ -461,3 +461,26 @@ def test_a_token_made_in_the_admin_is_shown_once_and_stored_hashed(owner_client,
     assert ApiToken.authenticate(token) == owner
     change_page = owner_client.get(f"/admin/devices/apitoken/{record.pk}/change/").content.decode()
     assert token not in change_page
+
+
+def test_every_admin_page_of_the_registry_renders(owner_client, owner, product, device):
+    device.rotate_secret(actor=owner)
+    ApiToken.issue(owner, "script")
+    generate(owner_client, product, count=2)
+    pages = [
+        "/admin/",
+        "/admin/devices/product/",
+        "/admin/devices/product/add/",
+        f"/admin/devices/product/{product.pk}/change/",
+        "/admin/devices/device/",
+        "/admin/devices/device/add/",
+        f"/admin/devices/registrationbatch/{RegistrationBatch.objects.get().pk}/change/",
+        f"/admin/devices/auditevent/{AuditEvent.objects.get().pk}/change/",
+        "/admin/devices/apitoken/",
+        "/admin/devices/apitoken/add/",
+        f"/admin/devices/apitoken/{ApiToken.objects.get().pk}/change/",
+    ]
+    for url in pages:
+        response = owner_client.get(url)
+        assert response.status_code == 200, url
+        assert device.device_secret not in response.content.decode(), url
