@@ -1,9 +1,322 @@
-"""Console pages (function views)."""
+"""Console pages (function views): parse input, call the model, render.
 
+The connection parameters come from ``Device.connection_params`` (the JSON endpoint's code);
+the signature debugger's reasoning lives in ``devices.debugger``.
+"""
+
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpResponse
+from django.core.exceptions import PermissionDenied
+from django.db.models import Count, Q
+from django.http import FileResponse, Http404
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils.translation import gettext as _
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from . import debugger
+from .forms import DebuggerForm, DeviceFilterForm
+from .models import AuditEvent, Device, DeviceStatus, Product
+from .options import ConnectionOptions, OptionError
+
+SECRET_PERMISSION = "devices.view_device_secret"
+CHANGE_PERMISSION = "devices.change_device"
+PAGE_SIZE = 50
+# The option names of the parameters panel (the JSON endpoint's query names).
+OPTION_NAMES = ("securemode", "signmethod", "timestamp", "clientId", "exclusive")
+
+
+def _get_device_for_user(request, product_id, device_id):
+    try:
+        return Device.objects.for_user(request.user).lookup(product_id, device_id)
+    except Device.DoesNotExist:
+        raise Http404(_("No such device.")) from None
+
+
+def _page_number(request):
+    raw = request.GET.get("page", "1")
+    return int(raw) if raw.isascii() and raw.isdigit() and 0 < int(raw) < 100_000 else 1
+
+
+def _device_page(queryset, page):
+    """One page of devices without counting them all: fetch one more row to see if a next exists.
+
+    A COUNT over 100,000 filtered rows costs more than the page itself; "next" is all we need.
+    """
+    start = (page - 1) * PAGE_SIZE
+    rows = list(
+        queryset.select_related("product").only(
+            "device_id", "name", "status", "enabled", "last_online_at", "product__product_id",
+            "product__name",
+        )[start : start + PAGE_SIZE + 1]
+    )
+    return {
+        "devices": rows[:PAGE_SIZE],
+        "page": page,
+        "has_next": len(rows) > PAGE_SIZE,
+        "has_previous": page > 1,
+        "first_index": start + 1,
+        "last_index": start + min(len(rows), PAGE_SIZE),
+    }
+
+
+def _filtered_devices(form, product=None):
+    devices = Device.objects.order_by("product_id", "device_id")
+    if product is not None:
+        devices = devices.filter(product=product)
+    if not form.is_valid():
+        return devices
+    data = form.cleaned_data
+    if data.get("q"):
+        query = data["q"]
+        devices = devices.filter(Q(device_id__startswith=query) | Q(name__icontains=query))
+    if product is None and data.get("product"):
+        devices = devices.filter(product=data["product"])
+    if data.get("status"):
+        devices = devices.filter(status=data["status"])
+    if data.get("enabled") in ("yes", "no"):
+        devices = devices.filter(enabled=data["enabled"] == "yes")
+    return devices
+
+
+def _query_without_page(request):
+    query = request.GET.copy()
+    query.pop("page", None)
+    return query.urlencode()
+
+
+def _status_counts(product_ids=None):
+    """{product pk: {status: n, "disabled": n, "total": n}} in two grouped queries."""
+    devices = Device.objects.all()
+    if product_ids is not None:
+        devices = devices.filter(product_id__in=product_ids)
+    counts = {}
+    for row in devices.values("product_id", "status").annotate(n=Count("id")).order_by():
+        entry = counts.setdefault(row["product_id"], {"total": 0, "disabled": 0})
+        entry[row["status"]] = row["n"]
+        entry["total"] += row["n"]
+    disabled = devices.filter(enabled=False).values("product_id").annotate(n=Count("id"))
+    for row in disabled.order_by():
+        counts.setdefault(row["product_id"], {"total": 0, "disabled": 0})["disabled"] = row["n"]
+    return counts
 
 
 @login_required
 def index(request):
-    return HttpResponse("Device portal")
+    return redirect("device-list")
+
+
+@login_required
+@require_GET
+def product_list(request):
+    products = list(Product.objects.order_by("product_id"))
+    counts = _status_counts([p.pk for p in products])
+    rows = [(p, counts.get(p.pk, {"total": 0, "disabled": 0})) for p in products]
+    return render(
+        request,
+        "devices/product_list.html",
+        {"rows": rows, "statuses": DeviceStatus.choices, "nav": "products"},
+    )
+
+
+@login_required
+@require_GET
+def product_detail(request, product_id):
+    product = get_object_or_404(Product, product_id=product_id)
+    form = DeviceFilterForm(request.GET or None, with_product=False)
+    page = _device_page(_filtered_devices(form, product), _page_number(request))
+    return render(
+        request,
+        "devices/product_detail.html",
+        {
+            "product": product,
+            "nav": "products",
+            "counts": _status_counts([product.pk]).get(product.pk, {"total": 0, "disabled": 0}),
+            "statuses": DeviceStatus.choices,
+            "form": form,
+            "query": _query_without_page(request),
+            **page,
+        },
+    )
+
+
+@login_required
+@require_GET
+def device_list(request):
+    form = DeviceFilterForm(request.GET or None)
+    page = _device_page(_filtered_devices(form), _page_number(request))
+    return render(
+        request,
+        "devices/device_list.html",
+        {"form": form, "query": _query_without_page(request), "nav": "devices", **page},
+    )
+
+
+def _panel_context(request, device):
+    """The parameters panel: options from the query, computed by the JSON endpoint's code."""
+    can_see_secret = request.user.has_perm(SECRET_PERMISSION)
+    params, error = None, None
+    try:
+        params = device.connection_params(ConnectionOptions.from_query(request.GET))
+    except OptionError as problem:
+        error = problem
+    if params is not None and not can_see_secret:
+        params = {key: value for key, value in params.items() if key != "mqttPassword"}
+    ca_path = Path(settings.MQTT_CA_FILE)
+    default_securemode = "2" if settings.MQTT_TLS_PORT else "3"
+    selected = {
+        "securemode": request.GET.get("securemode") or default_securemode,
+        "signmethod": (request.GET.get("signmethod") or "hmacsha256").lower(),
+        "timestamp": request.GET.get("timestamp") or "now",
+        "clientId": request.GET.get("clientId", ""),
+        "exclusive": request.GET.get("exclusive", "").lower() == "true",
+    }
+    return {
+        "params": params,
+        "option_error": error,
+        "selected": selected,
+        "main_rows": [
+            ("host", _("Host")),
+            ("port", _("Port")),
+            ("mqttClientId", "mqttClientId"),
+            ("mqttUsername", "mqttUsername"),
+            ("mqttPassword", "mqttPassword"),
+        ],
+        "detail_keys": (
+            "productId", "deviceId", "clientId", "securemode", "signmethod", "timestamp",
+            "exclusive",
+        ),
+        "tls_available": bool(settings.MQTT_TLS_PORT),
+        "ca_available": ca_path.is_file(),
+        "can_see_secret": can_see_secret,
+        "sign_methods": ("hmacsha256", "hmacsha1", "hmacmd5"),
+    }
+
+
+def _device_context(request, device):
+    return {
+        "device": device,
+        "nav": "devices",
+        "can_see_secret": request.user.has_perm(SECRET_PERMISSION),
+        "can_change": request.user.has_perm(CHANGE_PERMISSION),
+    }
+
+
+@never_cache
+@login_required
+@require_GET
+def device_detail(request, product_id, device_id):
+    device = _get_device_for_user(request, product_id, device_id)
+    panel_open = request.GET.get("panel") == "1" or any(n in request.GET for n in OPTION_NAMES)
+    context = _device_context(request, device)
+    if panel_open:
+        context.update(_panel_context(request, device))
+    if request.GET.get("fragment") == "panel":
+        return render(request, "devices/_params_panel.html", context)
+    context["panel_open"] = panel_open
+    return render(request, "devices/device_detail.html", context)
+
+
+@never_cache
+@login_required
+@require_POST
+def device_reveal_secret(request, product_id, device_id):
+    """Show the secret once, in the response body (never in a URL), and record who saw it."""
+    device = _get_device_for_user(request, product_id, device_id)
+    if not request.user.has_perm(SECRET_PERMISSION):
+        raise PermissionDenied(_("Seeing the secret needs the permission to view device secrets."))
+    AuditEvent.record(AuditEvent.Action.REVEAL_SECRET, request.user, [device])
+    context = _device_context(request, device)
+    context["revealed_secret"] = device.device_secret
+    return render(request, "devices/device_detail.html", context)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def device_rotate_secret(request, product_id, device_id):
+    """GET asks for confirmation; POST rotates (audited by the model)."""
+    device = _get_device_for_user(request, product_id, device_id)
+    if not (request.user.has_perm(SECRET_PERMISSION) and request.user.has_perm(CHANGE_PERMISSION)):
+        raise PermissionDenied(_("Rotating a secret needs the permissions to change devices and "
+                                 "to view their secrets."))
+    if request.method == "POST":
+        device.rotate_secret(actor=request.user)
+        messages.success(
+            request,
+            _("The secret was rotated. The broker refuses the device until it is given the new "
+              "secret."),
+        )
+        return redirect(_detail_url(device))
+    return render(request, "devices/device_rotate.html", _device_context(request, device))
+
+
+@login_required
+@require_POST
+def device_set_enabled(request, product_id, device_id):
+    device = _get_device_for_user(request, product_id, device_id)
+    if not request.user.has_perm(CHANGE_PERMISSION):
+        raise PermissionDenied(_("Enabling or disabling devices needs the permission to change "
+                                 "devices."))
+    enabled = request.POST.get("enabled") == "true"
+    device.set_enabled(enabled)
+    if enabled:
+        messages.success(request, _("The device is enabled; it may connect again."))
+    else:
+        messages.success(request, _("The device is disabled; the broker refuses it and "
+                                    "disconnects it if it is connected."))
+    return redirect(_detail_url(device))
+
+
+@never_cache
+@login_required
+@require_http_methods(["GET", "POST"])
+def device_debugger(request, product_id, device_id):
+    """Paste what a device sent; see why the broker accepts or refuses it.
+
+    POST, because the pasted password must not end up in a URL or a server log.
+    """
+    device = _get_device_for_user(request, product_id, device_id)
+    if not request.user.has_perm(SECRET_PERMISSION):
+        raise PermissionDenied(_("The signature debugger computes passwords from the device "
+                                 "secret; it needs the permission to view device secrets."))
+    diagnosis = None
+    if request.method == "POST":
+        form = DebuggerForm(request.POST)
+        if form.is_valid():
+            data = form.cleaned_data
+            diagnosis = debugger.diagnose(
+                device,
+                data["mqtt_client_id"],
+                data["mqtt_username"],
+                data["mqtt_password"],
+                data["content"],
+            )
+    else:
+        form = DebuggerForm()
+    return render(
+        request,
+        "devices/device_debugger.html",
+        {**_device_context(request, device), "form": form, "diagnosis": diagnosis},
+    )
+
+
+@login_required
+@require_GET
+def ca_certificate(request):
+    """The CA certificate devices need for TLS (securemode=2), when the deployment has one."""
+    path = Path(settings.MQTT_CA_FILE)
+    if not path.is_file():
+        raise Http404(_("This deployment has no CA certificate to download."))
+    return FileResponse(
+        path.open("rb"), as_attachment=True, filename="ca.pem",
+        content_type="application/x-pem-file",
+    )
+
+
+def _detail_url(device):
+    return reverse("device-detail", args=[device.product.product_id, device.device_id])
+
