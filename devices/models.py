@@ -73,6 +73,26 @@ class DeviceQuerySet(models.QuerySet):
             product__product_id=product_id, device_id=device_id
         )
 
+    # Status from the broker's connect/disconnect events. Single UPDATE statements, so that a
+    # broker (or the EMQX hooks) never overwrites fields a person changed meanwhile.
+    def mark_online(self, when=None):
+        """A device connected: online, last seen now, first activation if it had none."""
+        from django.db.models.functions import Coalesce
+
+        now = when or timezone.now()
+        return self.update(
+            status=DeviceStatus.ONLINE,
+            last_online_at=now,
+            first_activated_at=Coalesce("first_activated_at", models.Value(now)),
+        )
+
+    def mark_offline(self, when=None):
+        """A device disconnected: offline (never back to inactive), last online now."""
+        now = when or timezone.now()
+        return self.filter(status=DeviceStatus.ONLINE).update(
+            status=DeviceStatus.OFFLINE, last_online_at=now
+        )
+
 
 class Device(models.Model):
     product = models.ForeignKey(

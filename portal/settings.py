@@ -270,3 +270,16 @@ LOGGING = {
         "transitions": {"level": "WARNING"},
     },
 }
+
+# The embedded broker (python manage.py runbroker). Certificate and key of the TLS listener;
+# in development `make run` creates them (and the CA in MQTT_CA_FILE) under DATA_DIR/tls/.
+MQTT_TLS_CERTFILE = os.environ.get("PORTAL_MQTT_TLS_CERTFILE") or str(DATA_DIR / "tls" / "server.pem")
+MQTT_TLS_KEYFILE = os.environ.get("PORTAL_MQTT_TLS_KEYFILE") or str(DATA_DIR / "tls" / "server-key.pem")
+# How long the broker and the hooks may reuse a device's looked-up secret and enabled flag. The
+# spec (§4) wants a disabled device or a rotated secret to take effect within 2 seconds.
+MQTT_AUTH_CACHE_MS = env_int("PORTAL_MQTT_AUTH_CACHE_MS", 1000)
+if MQTT_AUTH_CACHE_MS > 1500:
+    raise ImproperlyConfigured(
+        "PORTAL_MQTT_AUTH_CACHE_MS must be at most 1500: a disabled device or a rotated secret "
+        f"must take effect within 2 seconds, not {MQTT_AUTH_CACHE_MS}."
+    )

@@ -1,0 +1,470 @@
+"""The embedded MQTT broker: amqtt 0.12.1, taught the platform's rules (spec §1–4).
+
+amqtt by itself would, for this portal, be wrong in several ways (each checked against its
+source before this was written), so :class:`PortalBroker` takes over the start of every
+connection (``_client_connected``) and keeps amqtt's message loop for the rest:
+
+* amqtt deletes or takes over the session of a clientId *before* it authenticates, so a client
+  with a wrong password could disconnect a device. Here the CONNECT is read, checked and
+  verified first (``devices.verifier``, which calls ``devices.signing``); nothing of any other
+  connection is touched until the device is accepted.
+* amqtt takes over by clientId; the spec takes over by device (productId + deviceId) whatever
+  clientIds were used, and refuses newcomers while an ``exclusive=true`` connection lives.
+  Every connection gets a private amqtt session id, so two connections never share amqtt state
+  (sessions are therefore never resumed: CONNACK always says "no session present").
+* amqtt hangs on an MQTT 5.0 CONNECT and closes 3.1 silently; here both get CONNACK 0x01
+  ("unacceptable protocol version") at once.
+* wills, QoS 2 publishes and retained publishes are refused (spec §1), subscriptions are
+  granted at most QoS 1, and nothing is ever retained.
+* topic rights (spec §4) are an amqtt topic plugin, :class:`DeviceTopicPlugin`.
+* amqtt never enforces the keep-alive; here a silent client is dropped after 1.5 × keep-alive,
+  so that a device that vanished is shown offline.
+
+Device status goes through ``Device.objects.mark_online/mark_offline`` on one worker thread (so
+the writes for one device keep their order). At start, every device shown online is marked
+offline: this broker is the only one writing status for its database (the embedded, single
+machine case); with EMQX the hooks keep status instead and this broker is not run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from amqtt.adapters import BufferReader, ReaderAdapter, WriterAdapter
+from amqtt.broker import Broker
+from amqtt.contexts import Action
+from amqtt.errors import AMQTTError, MQTTError, NoDataError
+from amqtt.events import BrokerEvents
+from amqtt.mqtt.connect import ConnectPacket
+from amqtt.mqtt.constants import QOS_1
+from amqtt.mqtt.packet import CONNECT, MQTTFixedHeader
+from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+from amqtt.plugins.base import BaseTopicPlugin
+from amqtt.session import Session
+from django.db import close_old_connections
+
+from . import verifier
+
+logger = logging.getLogger("devices.broker")
+
+CONNECT_TIMEOUT_S = 10  # a client must send its CONNECT within this time
+MAX_CONNECT_BYTES = 64 * 1024
+WATCH_INTERVAL_S = 0.5  # how often connected devices are checked for disable/rotation/deletion
+SESSION_KEY = "portal.connection"
+CONNACK_UNACCEPTABLE_PROTOCOL = 0x01
+_PROTOCOL_NAMES = {("MQTT", 4): "3.1.1", ("MQIsdp", 3): "3.1", ("MQTT", 5): "5.0"}
+
+
+def _connack(code: int) -> bytes:
+    """A MQTT 3.1.1 CONNACK (session present = 0) with ``code``."""
+    return bytes((0x20, 0x02, 0x00, code))
+
+
+@dataclass(eq=False)
+class DeviceConnection:
+    """One accepted connection of a device; what the takeover, watcher and status need."""
+
+    product_id: str
+    device_id: str
+    device_pk: int
+    client_id: str
+    exclusive: bool
+    transport: str
+    secret_rotated_at: object
+    session_id: str
+    handler: PortalProtocolHandler | None = None
+    closing_reason: str | None = None
+    connected_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def key(self):
+        return (self.product_id, self.device_id)
+
+    @property
+    def name(self):
+        return f"{self.product_id}/{self.device_id}"
+
+    async def close(self, reason: str) -> None:
+        """Drop the connection (MQTT 3.1.1 has no server DISCONNECT: the socket is closed)."""
+        if self.closing_reason is None:
+            self.closing_reason = reason
+            logger.warning(
+                "Disconnecting %s (clientId %r): %s", self.name, self.client_id, reason
+            )
+        if self.handler is not None:
+            await self.handler.close_connection()
+
+
+class PortalProtocolHandler(BrokerProtocolHandler):
+    """amqtt's broker handler with the spec's publish profile and an enforced keep-alive."""
+
+    def connection(self) -> DeviceConnection | None:
+        return self.session.attributes.get(SESSION_KEY) if self.session else None
+
+    async def close_connection(self) -> None:
+        """End the message loop; safe before ``start()`` (the broker checks the flag after)."""
+        if self._disconnect_waiter is not None:
+            await self.handle_connection_closed()
+
+    async def handle_publish(self, publish_packet) -> None:
+        qos = publish_packet.qos or 0
+        refusal = verifier.publish_refusal(qos, bool(publish_packet.retain_flag))
+        if refusal is not None:
+            conn = self.connection()
+            if conn is not None:
+                await conn.close(f"PUBLISH to {publish_packet.topic_name!r} refused: {refusal}")
+            else:
+                await self.close_connection()
+            return
+        await super().handle_publish(publish_packet)
+
+    def handle_read_timeout(self) -> None:
+        # The reader waited 1.5 × keep-alive without a packet (MQTT 3.1.1 §3.1.2.10).
+        conn = self.connection()
+        if conn is not None:
+            asyncio.ensure_future(conn.close("no packet within 1.5 × keep-alive"))
+
+
+class DeviceTopicPlugin(BaseTopicPlugin):
+    """Topic rights (spec §4): publish and subscribe only inside the device's own space."""
+
+    @dataclass
+    class Config:
+        pass
+
+    async def topic_filtering(self, *, session=None, topic=None, action=None) -> bool:
+        conn = session.attributes.get(SESSION_KEY) if session is not None else None
+        if conn is None:
+            return False
+        if action == Action.RECEIVE:
+            return True  # it only receives what its own subscriptions (all inside) match
+        allowed = verifier.topic_allowed(conn.product_id, conn.device_id, topic or "")
+        if not allowed:
+            verb = "publish to" if action == Action.PUBLISH else "subscribe to"
+            logger.warning(
+                "Refused %s %r by %s (clientId %r): outside its topic space %s/# and %s/#",
+                verb,
+                topic,
+                conn.name,
+                conn.client_id,
+                *verifier.topic_spaces(conn.product_id, conn.device_id),
+            )
+        return allowed
+
+
+def _run_in_django(function, *args):
+    """Run ORM work on a worker thread; a broken connection is dropped, not reused."""
+    close_old_connections()
+    try:
+        return function(*args)
+    except Exception:
+        from django.db import connection
+
+        connection.close()
+        raise
+
+
+def _mark(pks, online: bool):
+    from .models import Device
+
+    queryset = Device.objects.filter(pk__in=pks)
+    return queryset.mark_online() if online else queryset.mark_offline()
+
+
+def _mark_all_offline():
+    from .models import Device, DeviceStatus
+
+    return Device.objects.filter(status=DeviceStatus.ONLINE).mark_offline()
+
+
+def _watch_rows(pks):
+    from .models import Device
+
+    rows = {}
+    pks = list(pks)
+    for start in range(0, len(pks), 500):
+        for pk, enabled, rotated in Device.objects.filter(pk__in=pks[start : start + 500]).values_list(
+            "pk", "enabled", "secret_rotated_at"
+        ):
+            rows[pk] = (enabled, rotated)
+    return rows
+
+
+class PortalBroker(Broker):
+    """amqtt's Broker with the platform's authentication, session rules and profile."""
+
+    def __init__(self, config: dict, transports: dict[str, str], **kwargs):
+        config = dict(config)
+        config.setdefault("plugins", {"devices.broker.DeviceTopicPlugin": {}})
+        super().__init__(config, **kwargs)
+        self.transports = transports  # listener name → "tcp" | "tls"
+        self.live: dict[tuple[str, str], DeviceConnection] = {}
+        self._admission = asyncio.Lock()
+        self._ids = itertools.count(1)
+        self._auth_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="broker-auth")
+        # One thread: status writes for a device are applied in the order they happened.
+        self._status_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="broker-status")
+        self._watch_task: asyncio.Task | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        stale = await self._db(self._status_pool, _mark_all_offline)
+        if stale:
+            logger.info("Marked %d device(s) offline that a previous broker left online", stale)
+        await super().start()
+        self._watch_task = asyncio.create_task(self._watch_devices())
+
+    async def shutdown(self) -> None:
+        if self._watch_task:
+            self._watch_task.cancel()
+        pks = [conn.device_pk for conn in self.live.values()]
+        self.live.clear()
+        await super().shutdown()
+        if pks:
+            await self._db(self._status_pool, _mark, pks, False)
+        self._auth_pool.shutdown(wait=False)
+        self._status_pool.shutdown(wait=True)
+
+    async def _db(self, pool, function, *args):
+        return await asyncio.get_running_loop().run_in_executor(pool, _run_in_django, function, *args)
+
+    def _status(self, conn: DeviceConnection, online: bool) -> None:
+        """Queue a status write; failures are logged, never break a connection."""
+        future = asyncio.ensure_future(self._db(self._status_pool, _mark, [conn.device_pk], online))
+
+        def done(f):
+            if not f.cancelled() and f.exception() is not None:
+                logger.error("Could not record %s as %s: %s", conn.name,
+                             "online" if online else "offline", f.exception())
+
+        future.add_done_callback(done)
+
+    async def _watch_devices(self) -> None:
+        """Disconnect devices that were disabled, deleted or got a new secret (spec §4: ≤ 2 s)."""
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            conns = list(self.live.values())
+            if not conns:
+                continue
+            try:
+                rows = await self._db(self._auth_pool, _watch_rows, {c.device_pk for c in conns})
+            except Exception as error:  # the registry may be briefly unavailable
+                logger.error("Could not check connected devices: %s", error)
+                continue
+            for conn in conns:
+                row = rows.get(conn.device_pk)
+                if row is None:
+                    reason = "the device was deleted"
+                elif not row[0]:
+                    reason = "the device was disabled"
+                elif row[1] is not None and (
+                    conn.secret_rotated_at is None or row[1] > conn.secret_rotated_at
+                ):
+                    reason = "the device's secret was rotated"
+                else:
+                    continue
+                await conn.close(reason)
+
+    # -- one connection ---------------------------------------------------------------------
+
+    async def _client_connected(self, listener_name: str, reader: ReaderAdapter, writer: WriterAdapter) -> None:
+        server = self._servers.get(listener_name)
+        if server is None:
+            await writer.close()
+            return
+        await server.acquire_connection()
+        try:
+            await self._serve(listener_name, reader, writer)
+        except (AMQTTError, MQTTError, NoDataError, ConnectionError) as error:
+            logger.info("Connection on %s ended: %s", listener_name, error)
+        finally:
+            server.release_connection()
+
+    async def _refuse(self, writer: WriterAdapter, code: int, peer: str, why: str) -> None:
+        logger.warning("Refused CONNECT from %s (CONNACK 0x%02x): %s", peer, code, why)
+        try:
+            writer.write(_connack(code))
+            await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        await writer.close()
+
+    async def _read_connect(self, reader: ReaderAdapter, writer: WriterAdapter, peer: str):
+        """The first packet as a ConnectPacket, or None after refusing it (and closing)."""
+        header = await MQTTFixedHeader.from_stream(reader)
+        if header is None:
+            await writer.close()
+            return None
+        if header.packet_type != CONNECT:
+            logger.warning("Closed connection from %s: first packet is not a CONNECT", peer)
+            await writer.close()
+            return None
+        if header.remaining_length > MAX_CONNECT_BYTES:
+            logger.warning("Closed connection from %s: CONNECT of %d bytes", peer, header.remaining_length)
+            await writer.close()
+            return None
+        body = await reader.read(header.remaining_length)
+        name_length = int.from_bytes(body[0:2], "big") if len(body) >= 2 else 0
+        name = body[2 : 2 + name_length].decode("utf-8", "replace")
+        level = body[2 + name_length] if len(body) > 2 + name_length else None
+        if (name, level) != ("MQTT", 4):
+            version = _PROTOCOL_NAMES.get((name, level), f"{name!r} level {level}")
+            await self._refuse(
+                writer, CONNACK_UNACCEPTABLE_PROTOCOL, peer,
+                f"MQTT {version} is not spoken by the embedded broker (MQTT 3.1.1 only; "
+                "use the EMQX set-up for 3.1 and 5.0)",
+            )
+            return None
+        packet = await ConnectPacket.from_stream(BufferReader(bytes(body)), fixed_header=header)
+        return packet
+
+    async def _serve(self, listener_name: str, reader: ReaderAdapter, writer: WriterAdapter) -> None:
+        peer_info = writer.get_peer_info()
+        peer = f"{peer_info[0]}:{peer_info[1]}" if peer_info else "?"
+        transport = self.transports.get(listener_name)
+        try:
+            connect = await asyncio.wait_for(self._read_connect(reader, writer, peer), CONNECT_TIMEOUT_S)
+        except (TimeoutError, asyncio.IncompleteReadError, NoDataError, MQTTError, AMQTTError, UnicodeDecodeError, IndexError) as error:
+            logger.warning("Closed connection from %s: no valid CONNECT (%s)", peer, type(error).__name__)
+            await writer.close()
+            return
+        if connect is None:
+            return
+
+        variable = connect.variable_header
+        mqtt_client_id = connect.payload.client_id if not connect.payload.client_id_is_random else ""
+        username = connect.payload.username
+        who = f"{peer} over {transport} (mqttClientId {mqtt_client_id!r}, username {username!r})"
+        if variable.reserved_flag:
+            await self._refuse(writer, 0x05, who, "CONNECT reserved flag set [MQTT-3.1.2-3]")
+            return
+        if variable.will_flag:
+            await self._refuse(writer, verifier.CONNACK_NOT_AUTHORIZED, who,
+                               "will messages are not supported (spec §1)")
+            return
+        if not variable.username_flag or not variable.password_flag or username is None:
+            await self._refuse(writer, verifier.CONNACK_BAD_USERNAME_OR_PASSWORD, who,
+                               "mqttUsername and mqttPassword are required")
+            return
+
+        try:
+            verdict, record = await self._db(
+                self._auth_pool, verifier.authenticate_connect,
+                mqtt_client_id, username, connect.payload.password, transport,
+            )
+        except Exception as error:
+            logger.error("Registry unavailable while verifying %s: %s", who, error)
+            await self._refuse(writer, 0x03, who, "registry unavailable (server unavailable)")
+            return
+        if not verdict.accepted:
+            await self._refuse(writer, verifier.connack_code(verdict), who,
+                               f"{verdict.code}: {verdict.reason}")
+            return
+
+        parsed = verdict.parsed
+        conn = DeviceConnection(
+            product_id=record.product_id,
+            device_id=record.device_id,
+            device_pk=record.pk,
+            client_id=parsed.client_id,
+            exclusive=parsed.exclusive,
+            transport=transport,
+            secret_rotated_at=record.secret_rotated_at,
+            session_id=f"{record.product_id}&{record.device_id}#{next(self._ids)}",
+        )
+        async with self._admission:
+            previous = self.live.get(conn.key)
+            if previous is not None and previous.exclusive and previous.closing_reason is None:
+                await self._refuse(
+                    writer, verifier.CONNACK_NOT_AUTHORIZED, who,
+                    f"exclusive_connection: {conn.name} is connected in exclusive mode "
+                    f"(clientId {previous.client_id!r}); newcomers are refused until it leaves",
+                )
+                return
+            self.live[conn.key] = conn
+        if previous is not None:
+            await previous.close(f"replaced by a newer connection (clientId {conn.client_id!r})")
+        await self._run_session(conn, connect, reader, writer, who)
+
+    async def _run_session(self, conn: DeviceConnection, connect, reader, writer, who: str) -> None:
+        session = Session()
+        session.client_id = conn.session_id
+        session.clean_session = True
+        session.username = connect.payload.username
+        session.remote_address, session.remote_port = writer.get_peer_info() or (None, None)
+        session.ssl_object = writer.get_ssl_info()
+        keep_alive = connect.variable_header.keep_alive
+        session.keep_alive = (keep_alive + (keep_alive + 1) // 2) if keep_alive > 0 else 0
+        session.attributes[SESSION_KEY] = conn
+        handler = PortalProtocolHandler(self.plugins_manager, loop=self._loop)
+        conn.handler = handler
+        handler.attach(session, reader, writer)
+        self._sessions[conn.session_id] = (session, handler)
+        try:
+            session.transitions.connect()
+            await handler.mqtt_connack_authorize(True)
+            logger.info("Accepted %s as %s%s", who, conn.name, " (exclusive)" if conn.exclusive else "")
+            self._status(conn, online=True)
+            await self.plugins_manager.fire_event(
+                BrokerEvents.CLIENT_CONNECTED, client_id=conn.session_id, client_session=session
+            )
+            await handler.start()
+            if conn.closing_reason is not None:  # replaced or disabled while starting
+                await handler.close_connection()
+            await self._client_message_loop(session, handler)
+        finally:
+            await self._cleanup_session(conn.session_id)
+            if self.live.get(conn.key) is conn:
+                del self.live[conn.key]
+                self._status(conn, online=False)
+            logger.info("%s (clientId %r) disconnected%s", conn.name, conn.client_id,
+                        f": {conn.closing_reason}" if conn.closing_reason else "")
+
+    # -- the protocol profile around amqtt's message loop -----------------------------------
+
+    async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
+        topic_filter, qos = subscription
+        return await super().add_subscription((topic_filter, min(qos, QOS_1)), session)
+
+    async def retain_message(self, source_session, topic_name, data, qos=None) -> None:
+        """Retained messages are not supported (spec §1): nothing is ever stored."""
+        return None
+
+    async def _topic_filtering(self, session: Session, topic: str, action: Action) -> bool:
+        # Unlike amqtt, no topic plugin answering must mean "refused", never "allowed".
+        results = await self.plugins_manager.map_plugin_topic(session=session, topic=topic, action=action)
+        return bool(results) and all(result is True for result in results.values())
+
+
+def broker_config(host: str, port: int, tls_port: int | None = None,
+                  certfile: str | None = None, keyfile: str | None = None) -> tuple[dict, dict]:
+    """amqtt configuration and the listener → transport map for our listeners."""
+    listeners = {"default": {"type": "tcp", "bind": f"{host}:{port}", "max_connections": 0}}
+    transports = {"default": "tcp"}
+    if tls_port:
+        listeners["tls"] = {
+            "type": "tcp", "bind": f"{host}:{tls_port}", "ssl": True,
+            "certfile": certfile, "keyfile": keyfile,
+        }
+        transports["tls"] = "tls"
+    return {"listeners": listeners}, transports
+
+
+async def serve(host: str, port: int, tls_port: int | None = None, certfile: str | None = None,
+                keyfile: str | None = None, stop: asyncio.Event | None = None) -> None:
+    """Run the broker until ``stop`` is set (or forever)."""
+    config, transports = broker_config(host, port, tls_port, certfile, keyfile)
+    broker = PortalBroker(config, transports)
+    await broker.start()
+    logger.info("MQTT broker listening on %s:%s (TCP, securemode=3)%s", host, port,
+                f" and {host}:{tls_port} (TLS, securemode=2)" if tls_port else "")
+    try:
+        await (stop.wait() if stop is not None else asyncio.Event().wait())
+    finally:
+        await broker.shutdown()
