@@ -195,7 +195,9 @@ def outcome_text(code: str) -> tuple[str, str]:
 def connack_outcome(code: int, protocol: str) -> str:
     if code == 0:
         return Outcome.ACCEPTED
-    table = _CONNACK_V5 if protocol == "5.0" else _CONNACK_V3
+    # A server that does not speak MQTT 5 answers a 5.0 CONNECT with a 3.1.1 CONNACK (code 1),
+    # which the MQTT 5 specification allows: codes below 0x80 are read as 3.x return codes.
+    table = _CONNACK_V5 if protocol == "5.0" and code >= 0x80 else _CONNACK_V3
     return table.get(code, Outcome.REFUSED_OTHER)
 
 

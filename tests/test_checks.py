@@ -75,6 +75,31 @@ class SilentServer:
             conn.close()
 
 
+class ConnackOnlyServer(SilentServer):
+    """Answers any CONNECT with "accepted" (3.1.1 CONNACK 0x20 0x02 0x00 0x00), then reads and
+    never acknowledges anything: a broker that stops answering after the handshake."""
+
+    def _serve(self):
+        while not self.stopped:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            self.held.append(conn)
+            threading.Thread(target=self._talk, args=(conn,), daemon=True).start()
+
+    def _talk(self, conn):
+        try:
+            conn.settimeout(10)
+            conn.recv(4096)  # the CONNECT
+            conn.sendall(bytes([0x20, 0x02, 0x00, 0x00]))
+            while conn.recv(4096):  # the PUBLISH (and anything else): no PUBACK
+                pass
+        except OSError:
+            pass
+
+
 def free_port():
     """A port on 127.0.0.1 that nothing listens on (bound, then released)."""
     with socket.socket() as sock:
@@ -148,6 +173,13 @@ def silent_server():
 
 
 @pytest.fixture
+def connack_only_server():
+    server = ConnackOnlyServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
 def throwaway_ca(tmp_path):
     ca = make_ca("Throw-away test CA")
     return ca, write_ca(ca, tmp_path / "throwaway-ca.pem")
@@ -194,6 +226,14 @@ def test_a_server_that_never_answers_gives_no_connack_within_the_timeout(silent_
     assert silent_server.accepted == 1
     assert 500 <= result.latencies["total"] < 2500
     assert "tcp" in result.latencies and "connack" not in result.latencies
+
+
+def test_a_broker_that_accepts_but_never_acknowledges_gives_no_puback(connack_only_server):
+    result = _fields(port=connack_only_server.port, timeout=0.5)
+    assert result.outcome == Outcome.NO_PUBACK
+    assert result.connack_code == 0
+    assert "connack" in result.latencies and "puback" not in result.latencies
+    assert 500 <= result.latencies["total"] < 2500
 
 
 def test_a_certificate_from_another_ca_is_not_trusted(tls_server_for, tmp_path):
@@ -245,6 +285,7 @@ def test_it_refuses_an_unknown_protocol_version():
         (0x85, "5.0", Outcome.REFUSED_IDENTIFIER),
         (0x88, "5.0", Outcome.REFUSED_SERVER_UNAVAILABLE),
         (0x99, "5.0", Outcome.REFUSED_OTHER),
+        (1, "5.0", Outcome.REFUSED_PROTOCOL),  # a 3.1.1-only server answering a 5.0 CONNECT
     ],
 )
 def test_connack_codes_of_the_mqtt_specifications_map_to_outcomes(code, protocol, outcome):
