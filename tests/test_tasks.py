@@ -1,3 +1,4 @@
+# ruff: noqa: F811 (fixtures imported from other test modules are used as arguments)
 """Checks end to end: a real broker (``mqtt_broker``), a real ``manage.py db_worker`` process,
 and each outcome produced by a real fault.
 
