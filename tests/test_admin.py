@@ -484,3 +484,16 @@ def test_every_admin_page_of_the_registry_renders(owner_client, owner, product, 
         response = owner_client.get(url)
         assert response.status_code == 200, url
         assert device.device_secret not in response.content.decode(), url
+
+
+def test_staff_who_are_not_superusers_make_tokens_only_for_themselves(client, owner, member):
+    client.force_login(owner)  # staff with every devices permission, not a superuser
+    response = client.post("/admin/devices/apitoken/add/", {"user": member.pk, "name": "x"})
+    assert response.status_code == 200
+    assert "Select a valid choice" in response.content.decode()
+    assert not ApiToken.objects.exists()
+    ApiToken.issue(member, "token-of-bob")
+    ApiToken.issue(owner, "token-of-alice")
+    listing = client.get("/admin/devices/apitoken/").content.decode()
+    assert "token-of-alice" in listing
+    assert "token-of-bob" not in listing
