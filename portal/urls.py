@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from devices import api
+from devices import api, check_views, hooks
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -19,5 +19,13 @@ urlpatterns = [
         name="api-device-checks",
     ),
     path("api/v1/checks/<int:check_id>", api.check_detail, name="api-check"),
+    path(
+        "products/<str:product_id>/devices/<str:device_id>/checks/",
+        check_views.device_run_check,
+        name="device-run-check",
+    ),
+    path("mqtt/auth", hooks.mqtt_auth, name="mqtt-auth"),
+    path("mqtt/acl", hooks.mqtt_acl, name="mqtt-acl"),
+    path("mqtt/events", hooks.mqtt_events, name="mqtt-events"),
     path("", include("devices.urls")),
 ]

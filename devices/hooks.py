@@ -1,0 +1,187 @@
+"""HTTP hooks with which an EMQX 5 cluster authenticates and authorizes devices (README, "The broker").
+
+``POST /mqtt/auth`` (HTTP authentication), ``POST /mqtt/acl`` (HTTP authorization) and
+``POST /mqtt/events`` (a webhook for client.connected / client.disconnected). They decide with
+the same verifier as the embedded broker (``devices.verifier``), so both brokers follow one set of
+rules. Every call needs ``Authorization: Bearer $PORTAL_BROKER_HOOK_TOKEN``; without that setting
+every call is refused, so that a forgotten token never means an open door.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+
+from django.conf import settings
+from django.http import HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+
+from . import signing, verifier
+
+logger = logging.getLogger("devices.hooks")
+
+# EMQX reasons for a disconnect that a newer connection of the same client caused: the device is
+# still online through that newer connection.
+_REPLACED_REASONS = {"takenover", "takeovered", "discarded"}
+
+
+class HookInputError(ValueError):
+    def __init__(self, field, message):
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+def _error(status, code, message, field=None):
+    return JsonResponse({"error": {"code": code, "message": message, "field": field}}, status=status)
+
+
+def _token_problem(request):
+    """A refusal response when the bearer token is missing or wrong, else None."""
+    expected = settings.BROKER_HOOK_TOKEN
+    if not expected:
+        return _error(
+            403, "hooks_disabled",
+            "PORTAL_BROKER_HOOK_TOKEN is not set on the portal, so every hook call is refused.",
+        )
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        return _error(401, "missing_token", "Send Authorization: Bearer <PORTAL_BROKER_HOOK_TOKEN>.")
+    if not hmac.compare_digest(given.strip().encode(), expected.encode()):
+        return _error(401, "wrong_token", "The bearer token is not PORTAL_BROKER_HOOK_TOKEN.")
+    return None
+
+
+def broker_hook(view):
+    """POST only, CSRF-exempt (a machine calls), token checked, JSON object body parsed."""
+
+    @csrf_exempt
+    @require_POST
+    def wrapper(request):
+        refusal = _token_problem(request)
+        if refusal is not None:
+            return refusal
+        try:
+            body = json.loads(request.body or b"")
+        except (ValueError, UnicodeDecodeError):
+            return _error(400, "malformed_json", "The body must be a JSON object.")
+        if not isinstance(body, dict):
+            return _error(400, "malformed_json", "The body must be a JSON object.")
+        try:
+            return view(request, body)
+        except HookInputError as error:
+            return _error(400, "invalid_field", error.message, error.field)
+
+    wrapper.__name__ = view.__name__
+    wrapper.__doc__ = view.__doc__
+    return wrapper
+
+
+def _text(body, name, required=True):
+    value = body.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str):
+        raise HookInputError(name, f"{name} is required and must be a string.")
+    return value
+
+
+def _choice(body, name, choices, required=True):
+    value = body.get(name)
+    if value is None and not required:
+        return None
+    if value not in choices:
+        raise HookInputError(name, f"{name} must be one of {', '.join(choices)}.")
+    return value
+
+
+def _qos(body):
+    value = body.get("qos", 0)
+    if isinstance(value, str) and value.isdigit():  # EMQX placeholders arrive as strings
+        value = int(value)
+    if isinstance(value, bool) or value not in (0, 1, 2):
+        raise HookInputError("qos", "qos must be 0, 1 or 2.")
+    return value
+
+
+def _retain(body):
+    value = body.get("retain", False)
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    if not isinstance(value, bool):
+        raise HookInputError("retain", "retain must be true or false.")
+    return value
+
+
+@broker_hook
+def mqtt_auth(request, body):
+    """EMQX HTTP authentication: allow or deny a CONNECT (200 either way)."""
+    client_id = _text(body, "clientid")
+    username = _text(body, "username")
+    password = _text(body, "password")
+    peerhost = _text(body, "peerhost", required=False)
+    transport = _choice(body, "transport", verifier.TRANSPORTS, required=False)
+    verdict = verifier.verify_connect(client_id, username, password, transport)
+    if not verdict.accepted:
+        logger.warning(
+            "Hook refused CONNECT from %s over %s (mqttClientId %r, username %r): %s: %s",
+            peerhost or "?", transport or "an unknown transport", client_id, username,
+            verdict.code, verdict.reason,
+        )
+    return JsonResponse({"result": "allow" if verdict.accepted else "deny", "is_superuser": False})
+
+
+@broker_hook
+def mqtt_acl(request, body):
+    """EMQX HTTP authorization: a publish or subscribe inside the device's own space only."""
+    client_id = _text(body, "clientid")
+    username = _text(body, "username")
+    action = _choice(body, "action", verifier.ACTIONS)
+    topic = _text(body, "topic")
+    qos = _qos(body)
+    retain = _retain(body)
+    reason = None
+    try:
+        device_id, product_id = signing.parse_username(username)
+    except signing.SigningError as error:
+        device_id = product_id = None
+        reason = error.message
+    if reason is None:
+        record = verifier.lookup_device(product_id, device_id)
+        if record is None:
+            reason = "unknown device"
+        elif not record.enabled:
+            reason = "the device is disabled"
+        elif action == "publish" and verifier.publish_refusal(qos, retain):
+            reason = verifier.publish_refusal(qos, retain)
+        elif not verifier.topic_allowed(product_id, device_id, topic):
+            spaces = verifier.topic_spaces(product_id, device_id)
+            reason = f"outside the device's topic space {spaces[0]}/# and {spaces[1]}/#"
+    if reason is not None:
+        logger.warning("Hook refused %s %r for clientid %r, username %r: %s",
+                       action, topic, client_id, username, reason)
+        return JsonResponse({"result": "deny"})
+    return JsonResponse({"result": "allow"})
+
+
+@broker_hook
+def mqtt_events(request, body):
+    """EMQX webhook: client.connected / client.disconnected keep the device's status (204)."""
+    event = _text(body, "event")
+    if event not in ("client.connected", "client.disconnected"):
+        return HttpResponse(status=204)  # other events are not ours to track
+    username = _text(body, "username")
+    try:
+        device_id, product_id = signing.parse_username(username)
+    except signing.SigningError:
+        return HttpResponse(status=204)  # such a client was never accepted
+    from .models import Device
+
+    devices = Device.objects.filter(product__product_id=product_id, device_id=device_id)
+    if event == "client.connected":
+        devices.mark_online()
+    elif body.get("reason") not in _REPLACED_REASONS:
+        devices.mark_offline()
+    return HttpResponse(status=204)
