@@ -362,11 +362,7 @@ class DeviceAdmin(admin.ModelAdmin):
                         )
                     batch = batches.register_batch(data["product"], rows, request.user, source)
                 except batches.BatchError as error:
-                    form.add_error(
-                        None,
-                        gettext("Nothing was registered. %(problems)s")
-                        % {"problems": error.message},
-                    )
+                    form.add_error(None, [gettext("Nothing was registered."), *error.lines()])
                 else:
                     self.message_user(
                         request,

@@ -55,6 +55,10 @@ class BatchError(ValueError):
 
     @property
     def message(self):
+        return " ".join(self.lines())
+
+    def lines(self):
+        """One readable line per problem (the first ten), then how many more there are."""
         parts = []
         for row, reason in self.problems[:MAX_LISTED_PROBLEMS]:
             parts.append(
@@ -66,7 +70,7 @@ class BatchError(ValueError):
                 ngettext("… and %(count)d more problem.", "… and %(count)d more problems.", hidden)
                 % {"count": hidden}
             )
-        return " ".join(parts)
+        return parts
 
 
 # -- building the rows -----------------------------------------------------------------------------
