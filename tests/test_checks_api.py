@@ -15,6 +15,15 @@ from tests.test_checks import free_port
 URL = "/api/v1/products/a1B2c3D4e5F/devices/sensor-001/checks"
 
 
+@pytest.fixture(autouse=True)
+def plain_static_files(settings):
+    """Pages use {% static %}; the manifest storage of production needs collectstatic."""
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
+
+
 @pytest.fixture
 def token(owner):
     return ApiToken.issue(owner)[1]
@@ -161,3 +170,63 @@ def test_an_unknown_check_is_404(client, device, token):
 def test_reading_a_check_needs_a_login(client, device):
     check = ConnectionCheck.objects.create(device=device)
     assert client.get(f"/api/v1/checks/{check.pk}").status_code == 401
+
+
+# --- the device page (console) ----------------------------------------------------------------
+
+PAGE = "/products/a1B2c3D4e5F/devices/sensor-001/"
+
+
+def test_the_device_page_has_a_test_connection_button_and_the_history(
+    client, device, owner, closed_broker_port
+):
+    ConnectionCheck.objects.create(
+        device=device, status=CheckStatus.FAILED, outcome="tcp_refused", connack_code=None,
+        reason="[Errno 111] Connection refused", latencies={"total": 3.4}, requested_by=owner,
+    )
+    client.force_login(owner)
+    html = client.get(PAGE).content.decode()
+    assert 'id="check-button"' in html and "Test connection" in html
+    assert "TCP connection refused" in html and "[Errno 111] Connection refused" in html
+    assert 'id="check-online-warning"' not in html
+
+
+def test_the_device_page_warns_when_the_device_is_online(client, device, owner):
+    device.status = DeviceStatus.ONLINE
+    device.save(update_fields=["status"])
+    client.force_login(owner)
+    html = client.get(PAGE).content.decode()
+    assert 'id="check-online-warning"' in html
+    assert "disconnects it" in html
+
+
+def test_a_member_sees_the_history_but_no_button(client, device, member):
+    client.force_login(member)
+    html = client.get(PAGE).content.decode()
+    assert 'id="check-history"' in html
+    assert 'id="check-button"' not in html
+
+
+def test_the_form_without_javascript_queues_a_check_and_returns_to_the_page(
+    client, device, owner, closed_broker_port, django_capture_on_commit_callbacks
+):
+    client.force_login(owner)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(PAGE + "checks/", {"protocol": "3.1.1", "securemode": "3"})
+    assert response.status_code == 302
+    assert response["Location"] == PAGE + "#checks"
+    check = ConnectionCheck.objects.get()
+    assert check.outcome == "tcp_refused"
+    page = client.get(PAGE).content.decode()
+    assert "queued" in page and "TCP connection refused" in page
+
+
+def test_the_form_refuses_an_online_device_without_the_checkbox(
+    client, device, owner, closed_broker_port
+):
+    device.status = DeviceStatus.ONLINE
+    device.save(update_fields=["status"])
+    client.force_login(owner)
+    response = client.post(PAGE + "checks/", {"protocol": "3.1.1"}, follow=True)
+    assert "force=true" in response.content.decode()
+    assert not ConnectionCheck.objects.exists()

@@ -1,0 +1,53 @@
+"""The "Test connection" form of the device page, for browsers without JavaScript.
+
+With JavaScript, static/js/checks.js posts to the JSON API instead and shows the result in
+place; both paths start the check with ``tasks.request_check``.
+"""
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
+from django.shortcuts import redirect
+from django.urls import reverse
+from django.utils.translation import gettext as _
+from django.views.decorators.http import require_POST
+
+from .checks import DEFAULT_PROTOCOL
+from .models import Device
+from .options import ConnectionOptions, OptionError
+from .tasks import DeviceOnlineError, request_check
+
+CHECK_PERMISSION = "devices.add_connectioncheck"
+
+
+@login_required
+@require_POST
+def device_run_check(request, product_id, device_id):
+    try:
+        device = Device.objects.for_user(request.user).lookup(product_id, device_id)
+    except Device.DoesNotExist:
+        raise Http404(_("No such device.")) from None
+    if not request.user.has_perm(CHECK_PERMISSION):
+        raise PermissionDenied(_("Testing a connection needs the permission to add checks."))
+    page = reverse("device-detail", args=[product_id, device_id]) + "#checks"
+    try:
+        options = ConnectionOptions.from_query({"securemode": request.POST.get("securemode")})
+        check = request_check(
+            device,
+            options=options,
+            protocol=request.POST.get("protocol") or DEFAULT_PROTOCOL,
+            requested_by=request.user,
+            force=request.POST.get("force") == "true",
+        )
+    except OptionError as error:
+        messages.error(request, f"{error.field}: {error.message}")
+    except DeviceOnlineError as error:
+        messages.warning(request, str(error))
+    else:
+        messages.success(
+            request,
+            _("Connection check %(id)s queued; reload the page to see its result.")
+            % {"id": check.pk},
+        )
+    return redirect(page)

@@ -1,0 +1,51 @@
+"""What the device page's "Connection checks" section shows (templates/devices/_checks.html).
+
+A template tag rather than view context, so that the console's views need not know about checks.
+"""
+
+from django import template
+from django.conf import settings
+from django.urls import reverse
+
+from devices.checks import PROTOCOLS
+from devices.models import ConnectionCheck, DeviceStatus
+
+register = template.Library()
+
+HISTORY_LENGTH = 10
+CHECK_PERMISSION = "devices.add_connectioncheck"
+
+
+@register.simple_tag(takes_context=True)
+def check_panel(context, device):
+    """The device's latest checks (stale ones settled first) and what the user may do."""
+    request = context.get("request")
+    user = getattr(request, "user", None)
+    ConnectionCheck.objects.reap_stale()
+    checks = list(device.checks.select_related("requested_by")[:HISTORY_LENGTH])
+    product_id, device_id = device.product.product_id, device.device_id
+    return {
+        "checks": checks,
+        "can_run": bool(user and user.has_perm(CHECK_PERMISSION)),
+        "online": device.status == DeviceStatus.ONLINE,
+        "protocols": list(PROTOCOLS),
+        "tls_available": bool(settings.MQTT_TLS_PORT),
+        "api_url": reverse("api-device-checks", args=[product_id, device_id]),
+        "form_url": reverse("device-run-check", args=[product_id, device_id]),
+        "check_url_base": reverse("api-check", args=[0])[:-1],
+    }
+
+
+@register.filter
+def latency(check, step):
+    value = (check.latencies or {}).get(step)
+    return "" if value is None else f"{value:.0f}"
+
+
+_BADGES = {"succeeded": "badge-online", "failed": "badge-disabled"}
+
+
+@register.filter
+def check_badge(status):
+    """The console's badge colours: green succeeded, red failed, amber queued/running."""
+    return _BADGES.get(status, "badge-inactive")
