@@ -28,3 +28,9 @@ STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 
 # A file database, so that a broker or worker started in a subprocess by a test sees the test data.
 DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test-db.sqlite3")}  # noqa: F405
+
+# Tests render templates without `collectstatic`; production keeps the manifest storage.
+STORAGES = {
+    **STORAGES,  # noqa: F405
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
