@@ -20,11 +20,15 @@ $(STAMP): requirements.txt
 run: install
 	PORTAL_DEBUG=$${PORTAL_DEBUG:-1} $(PY) manage.py migrate --noinput
 	PORTAL_DEBUG=$${PORTAL_DEBUG:-1} $(PY) manage.py collectstatic --noinput -v0
-	PORTAL_DEBUG=$${PORTAL_DEBUG:-1} $(PY) manage.py setupportal
-	PORTAL_DEBUG=$${PORTAL_DEBUG:-1} $(PY) manage.py runportal
+	PORTAL_DEBUG=$${PORTAL_DEBUG:-1} PORTAL_MQTT_TLS_PORT=$${PORTAL_MQTT_TLS_PORT:-8883} $(PY) manage.py setupportal
+	PORTAL_DEBUG=$${PORTAL_DEBUG:-1} PORTAL_MQTT_TLS_PORT=$${PORTAL_MQTT_TLS_PORT:-8883} $(PY) manage.py runportal
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install
 	$(PY) -m ruff check .
+
+# Benchmarks (bench/bench_*.py): prints a table and writes bench/results.json.
+bench: install
+	$(PY) bench/run.py $(BENCH_ARGS)
