@@ -233,7 +233,7 @@ def diagnose(
         result.add(ERROR, "not_hex",
                    _("mqttPassword must be the signature as hexadecimal digits (0-9, a-f)."),
                    "mqttPassword")
-    explained = _explain_mismatch(result, parsed, secret, password)
+    explained = _explain_mismatch(result, parsed, secret, password, client_field)
     explained |= _compare_content(result, parsed, secret, fields["content"], password)
     if not explained:
         rotated = device.secret_rotated_at
@@ -254,7 +254,7 @@ def diagnose(
     return result
 
 
-def _explain_mismatch(result, parsed, secret, password) -> bool:
+def _explain_mismatch(result, parsed, secret, password, mqtt_client_id) -> bool:
     """Try the usual mistakes; add a finding for each that explains the password."""
     explained = False
     method = parsed.signmethod
@@ -277,7 +277,8 @@ def _explain_mismatch(result, parsed, secret, password) -> bool:
         explained = True
 
     guesses = []
-    for other_client in (parsed.device_id, f"{parsed.product_id}.{parsed.device_id}"):
+    for other_client in (parsed.device_id, f"{parsed.product_id}.{parsed.device_id}",
+                         mqtt_client_id):
         if other_client != parsed.client_id:
             guesses.append(other_client)
     for other_client in guesses:
@@ -289,6 +290,19 @@ def _explain_mismatch(result, parsed, secret, password) -> bool:
                 _("The device signed clientId %(signed)s, but its mqttClientId starts with "
                   "%(sent)s. Sign the clientId it sends.")
                 % {"signed": other_client, "sent": parsed.client_id},
+                "mqttClientId",
+            )
+            explained = True
+
+    if parsed.timestamp is not None:
+        signed = _find_signed_timestamp(parsed, secret, password)
+        if signed is not None:
+            result.add(
+                ERROR,
+                "timestamp_differs",
+                _("The device signed timestamp %(signed)s, but its mqttClientId says "
+                  "%(sent)s. Sign the timestamp it sends.")
+                % {"signed": signed, "sent": parsed.timestamp},
                 "mqttClientId",
             )
             explained = True
@@ -323,6 +337,25 @@ def _explain_mismatch(result, parsed, secret, password) -> bool:
         )
         explained = True
     return explained
+
+
+def _find_signed_timestamp(parsed, secret, password, window_ms=1500) -> str | None:
+    """A timestamp near the one sent (read from the clock twice, or seconds for milliseconds)
+    that explains the password, or None. A few thousand HMACs: milliseconds of work."""
+    sent = int(parsed.timestamp)
+    candidates = [sent // 1000, sent * 1000]
+    for delta in range(1, window_ms + 1):
+        candidates.extend((sent - delta, sent + delta))
+    for candidate in candidates:
+        if candidate < 0:
+            continue
+        variant = dataclasses.replace(parsed, timestamp=str(candidate))
+        for content in signing.accepted_contents(variant):
+            if str(candidate) in content and _same(
+                password, signing.sign(secret, content, parsed.signmethod)
+            ):
+                return str(candidate)
+    return None
 
 
 def _compare_content(result, parsed, secret, content, password) -> bool:
