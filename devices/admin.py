@@ -585,3 +585,6 @@ class ApiTokenAdmin(admin.ModelAdmin):
         }
         response = TemplateResponse(request, "admin/devices/apitoken/created.html", context)
         return _no_store(response)
+
+
+from . import admin_checks  # noqa: E402,F401  (the "Test connection" actions; needs DeviceAdmin)

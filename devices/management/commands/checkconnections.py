@@ -1,0 +1,125 @@
+"""Test the connection of many devices at once, for scheduled sweeps (cron).
+
+The checks are queued like any other (the background worker runs them); this command waits for
+them, draws a progress bar on a terminal (one line per result otherwise), prints a summary and
+exits with status 1 when any check failed, so that cron mails the failures.
+"""
+
+import time
+from collections import Counter
+
+from django.core.management.base import BaseCommand, CommandError
+
+from devices.models import ConnectionCheck, Device, DeviceStatus, Product
+from devices.tasks import request_check
+
+POLL_SECONDS = 0.2
+BAR_WIDTH = 30
+
+
+class Command(BaseCommand):
+    help = (
+        "Queue a connection check for the devices of a product (--product P, repeatable) or of "
+        "all products (--all), wait for the results and print a summary. Disabled devices are "
+        "left out unless --include-disabled; online devices unless --force (a check "
+        "disconnects them). Exit status 1 when a check failed."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--product", action="append", default=[], metavar="P",
+                            help="productId whose devices to check (repeatable).")
+        parser.add_argument("--all", action="store_true", help="Check the devices of all products.")
+        parser.add_argument("--include-disabled", action="store_true",
+                            help="Also check disabled devices (they are refused by design).")
+        parser.add_argument("--force", action="store_true",
+                            help="Also check online devices; the broker disconnects them.")
+        parser.add_argument("--timeout", type=float, default=600.0,
+                            help="Give up waiting after this many seconds (default 600).")
+
+    def handle(self, *args, product, all, include_disabled, force, timeout, **options):
+        if not product and not all:
+            raise CommandError("Say which devices: --product P (repeatable) or --all.")
+        if product and all:
+            raise CommandError("Give either --product or --all, not both.")
+        devices = Device.objects.select_related("product").order_by(
+            "product__product_id", "device_id"
+        )
+        if product:
+            known = set(Product.objects.filter(product_id__in=product).values_list("product_id", flat=True))
+            unknown = [p for p in product if p not in known]
+            if unknown:
+                raise CommandError(f"Unknown product(s): {', '.join(unknown)}.")
+            devices = devices.filter(product__product_id__in=product)
+        if not include_disabled:
+            devices = devices.filter(enabled=True)
+        skipped_online = []
+        checks = []
+        for device in devices:
+            if device.status == DeviceStatus.ONLINE and not force:
+                skipped_online.append(device)
+                continue
+            checks.append(request_check(device, force=force))
+        if skipped_online:
+            self.stdout.write(
+                f"Skipped {len(skipped_online)} online device(s) (a check would disconnect them; "
+                "use --force): " + ", ".join(str(d) for d in skipped_online)
+            )
+        if not checks:
+            self.stdout.write("No devices to check.")
+            return
+        finished = self.wait(checks, timeout)
+        self.summarise(checks, finished)
+
+    def wait(self, checks, timeout):
+        tty = self.stdout.isatty()
+        pending = {check.pk for check in checks}
+        finished = {}
+        deadline = time.monotonic() + timeout
+        if tty:
+            self.draw(0, len(checks), Counter())
+        while pending and time.monotonic() < deadline:
+            ConnectionCheck.objects.reap_stale()
+            done = ConnectionCheck.objects.filter(pk__in=pending, status__in=["succeeded", "failed"])
+            for check in done.select_related("device__product"):
+                pending.discard(check.pk)
+                finished[check.pk] = check
+                if not tty:
+                    self.stdout.write(f"{check.device}: {check.status} — {check.message}")
+            if tty:
+                self.draw(len(finished), len(checks), Counter(c.status for c in finished.values()))
+            if pending:
+                time.sleep(POLL_SECONDS)
+        if tty:
+            self.stdout.write("")
+        return finished
+
+    def draw(self, done, total, counts):
+        filled = BAR_WIDTH * done // total
+        bar = "#" * filled + "." * (BAR_WIDTH - filled)
+        self.stdout.write(
+            f"\r[{bar}] {done}/{total}  succeeded {counts['succeeded']}  failed {counts['failed']}",
+            ending="",
+        )
+        self.stdout.flush()
+
+    def summarise(self, checks, finished):
+        outcomes = Counter(check.outcome for check in finished.values())
+        failed = [c for c in finished.values() if c.status == "failed"]
+        unfinished = len(checks) - len(finished)
+        self.stdout.write(
+            f"Summary: {len(checks)} checked, {len(finished) - len(failed)} succeeded, "
+            f"{len(failed)} failed" + (f", {unfinished} unfinished" if unfinished else "") + "."
+        )
+        for outcome, count in sorted(outcomes.items()):
+            self.stdout.write(f"  {outcome}: {count}")
+        for check in failed:
+            self.stdout.write(f"  FAILED {check.device}: {check.message} {check.reason}".rstrip())
+        if unfinished:
+            self.stdout.write(
+                "  Some checks did not finish in time: is the worker running "
+                "(python manage.py db_worker)?"
+            )
+        if failed or unfinished:
+            raise CommandError(
+                f"{len(failed) + unfinished} of {len(checks)} checks did not succeed.", returncode=1
+            )

@@ -1,0 +1,38 @@
+"""Delete finished connection checks older than the retention (PORTAL_CHECK_RETENTION_DAYS)."""
+
+from django.conf import settings
+from django.core.management.base import BaseCommand
+from django.utils import timezone
+
+from devices.models import CheckStatus, ConnectionCheck
+
+
+class Command(BaseCommand):
+    help = (
+        "Delete finished connection checks older than PORTAL_CHECK_RETENTION_DAYS days "
+        "(queued and running checks are never deleted). Run it daily, e.g. from cron."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--days", type=int, default=None,
+            help="Keep this many days instead of the setting (at least 1).",
+        )
+        parser.add_argument("--dry-run", action="store_true", help="Only count what would go.")
+
+    def handle(self, *args, days, dry_run, **options):
+        days = settings.CHECK_RETENTION_DAYS if days is None else days
+        if days < 1:
+            from django.core.management.base import CommandError
+
+            raise CommandError(f"--days must be at least 1, not {days}.")
+        ConnectionCheck.objects.reap_stale()
+        cutoff = timezone.now() - timezone.timedelta(days=days)
+        old = ConnectionCheck.objects.filter(
+            status__in=[CheckStatus.SUCCEEDED, CheckStatus.FAILED], finished_at__lt=cutoff
+        )
+        if dry_run:
+            self.stdout.write(f"{old.count()} connection checks older than {days} days would be deleted.")
+            return
+        deleted, _ = old.delete()
+        self.stdout.write(f"Deleted {deleted} connection checks older than {days} days.")
