@@ -389,3 +389,40 @@ def test_a_silent_client_is_dropped_after_one_and_a_half_keepalives(mqtt_broker)
         assert sock.recv(1) == b""  # closed by the broker, not by us
         assert time.monotonic() - started < 3
     assert wait_until(lambda: status_of(device) == DeviceStatus.OFFLINE)
+
+
+# -- the registry cache across processes (spec §4: within 2 seconds, however it was changed) ----
+
+
+@pytest.fixture
+def cached_broker(_mqtt_broker_process, transactional_db, tmp_path):
+    """A second broker with the production cache (1 s) instead of the fixture's 0."""
+    import dataclasses
+
+    from tests.broker_fixtures import free_port
+
+    broker = dataclasses.replace(
+        _mqtt_broker_process, port=free_port(), tls_port=free_port(), process=None,
+        log_path=tmp_path / "cached-broker.log", extra_env={"PORTAL_MQTT_AUTH_CACHE_MS": "1000"},
+    )
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.mark.parametrize("change", ["disable", "rotate"])
+def test_with_the_cache_a_change_made_elsewhere_is_enforced_within_two_seconds(cached_broker, clients, change):
+    device = make_device()
+    fields = credentials(device)
+    first = connect(cached_broker, clients, fields)
+    assert first.reason_code == ACCEPTED  # the broker has now cached the device
+    first.close()
+    changed_at = time.monotonic()
+    if change == "disable":
+        Device.objects.filter(pk=device.pk).update(enabled=False)  # this process, not the broker's
+    else:
+        device.rotate_secret()
+    while connect(cached_broker, clients, fields).reason_code == ACCEPTED:
+        assert time.monotonic() - changed_at < 2, "the broker kept accepting after 2 seconds"
+        time.sleep(0.1)
+    assert time.monotonic() - changed_at < 2

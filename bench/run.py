@@ -1,0 +1,101 @@
+"""Run the benchmarks (bench/bench_*.py), print a table and write bench/results.json.
+
+Each module has ``run() -> list[dict]``; every row has ``benchmark``, ``metric``, ``value`` and
+``unit`` (more keys are kept in the JSON). Each module runs in its own Python process, so that
+one module's Django settings or event loop never leak into another's.
+
+    python bench/run.py              # every bench/bench_*.py
+    python bench/run.py broker       # only bench/bench_broker.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+RESULTS = BENCH_DIR / "results.json"
+MARKER = "BENCH-RESULT "
+
+
+def modules(selected):
+    names = sorted(p.stem for p in BENCH_DIR.glob("bench_*.py"))
+    if selected:
+        wanted = {s if s.startswith("bench_") else f"bench_{s}" for s in selected}
+        unknown = wanted - set(names)
+        if unknown:
+            sys.exit(f"unknown benchmark(s): {', '.join(sorted(unknown))}; have: {', '.join(names)}")
+        names = [n for n in names if n in wanted]
+    return names
+
+
+def run_one(name):
+    """In the child: import and run one module, print its rows as one marked JSON line."""
+    sys.path[:0] = [str(BENCH_DIR), str(ROOT)]
+    rows = importlib.import_module(name).run()
+    print(MARKER + json.dumps(rows), flush=True)
+
+
+def run_isolated(name):
+    child = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--one", name],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True, env=os.environ.copy(),
+    )
+    lines = [line for line in child.stdout.splitlines() if line.startswith(MARKER)]
+    if child.returncode != 0 or not lines:
+        print(child.stdout[-3000:], file=sys.stderr)
+        return [{"benchmark": name, "metric": "error", "value": None, "unit": "",
+                 "error": f"exited with {child.returncode}"}]
+    return json.loads(lines[-1][len(MARKER):])
+
+
+def table(rows):
+    headers = ("benchmark", "metric", "value", "unit")
+    cells = [[str(r.get("benchmark", "")), str(r.get("metric", "")),
+              "-" if r.get("value") is None else f"{r['value']:,.1f}", str(r.get("unit", ""))]
+             for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h)
+              for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
+    out = [line, "  ".join("-" * w for w in widths)]
+    for c in cells:
+        out.append("  ".join([c[0].ljust(widths[0]), c[1].ljust(widths[1]),
+                              c[2].rjust(widths[2]), c[3].ljust(widths[3])]))
+    return "\n".join(out)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help="benchmarks to run (default: all)")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        run_one(args.one)
+        return
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results.setdefault("results", {})
+    all_rows = []
+    for name in modules(args.names):
+        print(f"running {name} ...", flush=True)
+        rows = run_isolated(name)
+        results["results"][name] = rows
+        all_rows += rows
+    results["machine"] = {"python": platform.python_version(), "platform": platform.platform(),
+                          "cpus": os.cpu_count()}
+    results["updated_at"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print()
+    print(table(all_rows))
+    print(f"\nwritten to {RESULTS.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
