@@ -15,8 +15,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from django.utils import translation
 
-from devices.checks import Outcome, connack_outcome, run_connection_check
+from devices.checks import Outcome, connack_outcome, outcome_text, run_connection_check
 
 TOPIC = "/a1B2c3D4e5F/sensor-001/user/portal-check"
 
@@ -290,3 +291,14 @@ def test_it_refuses_an_unknown_protocol_version():
 )
 def test_connack_codes_of_the_mqtt_specifications_map_to_outcomes(code, protocol, outcome):
     assert connack_outcome(code, protocol) == outcome
+
+
+def test_outcomes_read_in_english_and_chinese():
+    with translation.override("en"):
+        message, hint = outcome_text(Outcome.TCP_REFUSED)
+    assert message.startswith("TCP connection refused")
+    assert "port" in hint
+    with translation.override("zh-hans"):
+        zh_message, zh_hint = outcome_text(Outcome.TCP_REFUSED)
+    assert "TCP" in zh_message and zh_message != message
+    assert zh_hint != hint

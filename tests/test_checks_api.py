@@ -230,3 +230,16 @@ def test_the_form_refuses_an_online_device_without_the_checkbox(
     response = client.post(PAGE + "checks/", {"protocol": "3.1.1"}, follow=True)
     assert "force=true" in response.content.decode()
     assert not ConnectionCheck.objects.exists()
+
+
+def test_the_reason_comes_in_the_requested_language(client, device, token):
+    check = ConnectionCheck.objects.create(
+        device=device, status=CheckStatus.FAILED, outcome="name_not_resolved"
+    )
+    url = f"/api/v1/checks/{check.pk}"
+    english = client.get(url, HTTP_AUTHORIZATION=f"Bearer {token}").json()
+    chinese = client.get(url, HTTP_AUTHORIZATION=f"Bearer {token}",
+                         HTTP_ACCEPT_LANGUAGE="zh-hans").json()
+    assert english["reason"] == "The broker's host name could not be resolved."
+    assert chinese["reason"] != english["reason"] and "PORTAL_MQTT_HOST" in chinese["hint"]
+    assert chinese["outcome"] == english["outcome"] == "name_not_resolved"
