@@ -28,7 +28,10 @@ ACTIONS = ("publish", "subscribe")
 CONNACK_IDENTIFIER_REJECTED = 0x02
 CONNACK_BAD_USERNAME_OR_PASSWORD = 0x04
 CONNACK_NOT_AUTHORIZED = 0x05
-_IDENTIFIER_CODES = {"malformed_client_id", "client_id_too_long"}
+_IDENTIFIER_CODES = {
+    "malformed_client_id", "client_id_too_long", "missing_securemode", "bad_securemode",
+    "unsupported_signmethod", "bad_timestamp", "bad_exclusive",
+}
 _CREDENTIAL_CODES = {"malformed_username", "unknown_device", "bad_signature", "wrong_device"}
 
 
