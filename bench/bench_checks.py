@@ -1,0 +1,199 @@
+"""Connection checks: how long a person waits, and how many checks one worker completes.
+
+One run, 127.0.0.1, one embedded broker (``manage.py runbroker``, plain TCP, securemode=3) and
+one ``manage.py db_worker``, on a fresh SQLite database:
+
+* ``enqueue → result``: one check at a time, from ``request_check`` (the row and the task are
+  committed) until the row says succeeded, with the worker's default poll interval (1 s, as
+  ``make run`` starts it) and with ``--interval 0.1``.
+* ``one worker``: CHECKS checks queued at once; checks per second until the last one finished.
+* ``run_connection_check loop``: the same check (paho connect, CONNACK, QoS 1 publish, PUBACK,
+  disconnect) in a loop in this process, without the queue and the database: what the worker
+  adds is the difference.
+* ``bare paho connect loop``: paho connect → CONNACK → disconnect, nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CHECKS = int(os.environ.get("BENCH_CHECKS", "200"))
+SAMPLES = int(os.environ.get("BENCH_CHECK_SAMPLES", "15"))
+DEVICES = 20
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_listening(port, process, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError("broker exited early")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("broker did not start")
+
+
+def _start_worker(interval):
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), "db_worker", "--no-reload",
+         "--interval", str(interval), "-v", "0"],
+        cwd=ROOT, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    time.sleep(1.5)  # Django start-up and the worker's random start-up delay (< 1 s)
+    return process
+
+
+def _stop(process):
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _wait_done(checks, timeout=120):
+    from devices.models import ConnectionCheck
+
+    ids = [c.pk for c in checks]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = ConnectionCheck.objects.filter(pk__in=ids, status__in=["succeeded", "failed"])
+        if done.count() == len(ids):
+            return list(done)
+        time.sleep(0.01)
+    raise RuntimeError("checks did not finish: is the worker running?")
+
+
+def _latency_rows(label, seconds, extra):
+    seconds = sorted(seconds)
+    p95 = seconds[max(0, int(len(seconds) * 0.95) - 1)]
+    return [
+        {"benchmark": label, "metric": "enqueue→result p50", "unit": "ms",
+         "value": statistics.median(seconds) * 1000, **extra},
+        {"benchmark": label, "metric": "enqueue→result p95", "unit": "ms",
+         "value": p95 * 1000, **extra},
+    ]
+
+
+def run():
+    data_dir = tempfile.mkdtemp(prefix="bench-checks-")
+    broker_port = _free_port()
+    os.environ.update({
+        "PORTAL_DEBUG": "1", "PORTAL_DATA_DIR": data_dir, "DJANGO_SETTINGS_MODULE": "portal.settings",
+        "PORTAL_LOG_LEVEL": "WARNING", "PORTAL_MQTT_HOST": "127.0.0.1",
+        "PORTAL_MQTT_PORT": str(broker_port), "PORTAL_MQTT_TLS_PORT": "",
+    })
+    os.environ.pop("DATABASE_URL", None)
+    sys.path.insert(0, str(ROOT))
+    import django
+
+    django.setup()
+    import paho.mqtt.client as mqtt
+    from django.core.management import call_command
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from devices.checks import Outcome, run_connection_check
+    from devices.models import Device, Product
+    from devices.options import ConnectionOptions
+    from devices.tasks import CHECK_TOPIC, request_check
+
+    call_command("migrate", verbosity=0)
+    product = Product.objects.create(product_id="bench", name="Benchmark")
+    devices = [Device.objects.create(product=product, device_id=f"dev-{i}") for i in range(DEVICES)]
+
+    broker = subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), "runbroker", "--host", "127.0.0.1",
+         "--port", str(broker_port)],
+        cwd=ROOT, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    rows = []
+    try:
+        _wait_listening(broker_port, broker)
+
+        # How long a person waits: one check at a time.
+        for interval in (1.0, 0.1):
+            worker = _start_worker(interval)
+            try:
+                waits = []
+                for index in range(SAMPLES):
+                    started = time.perf_counter()
+                    check = request_check(devices[index % DEVICES])
+                    (done,) = _wait_done([check])
+                    waits.append(time.perf_counter() - started)
+                    assert done.outcome == Outcome.ACCEPTED, (done.outcome, done.reason)
+                    time.sleep(0.137 * (index % 7))  # arrive at different points of the poll
+                rows += _latency_rows(f"check, worker --interval {interval:g}", waits,
+                                      {"samples": SAMPLES})
+            finally:
+                _stop(worker)
+
+        # Throughput of one worker.
+        worker = _start_worker(0.1)
+        try:
+            started = time.perf_counter()
+            checks = [request_check(devices[i % DEVICES]) for i in range(CHECKS)]
+            queued = time.perf_counter() - started
+            done = _wait_done(checks, timeout=600)
+            elapsed = time.perf_counter() - started
+        finally:
+            _stop(worker)
+        failures = sum(1 for c in done if c.outcome != Outcome.ACCEPTED)
+        rows.append({"benchmark": "one db_worker", "metric": "checks per second", "unit": "1/s",
+                     "value": CHECKS / elapsed, "checks": CHECKS, "failures": failures,
+                     "enqueue_seconds": queued})
+
+        # The same check without the queue, and a bare paho connect loop, on the same broker.
+        params = [d.connection_params(ConnectionOptions(securemode=3, timestamp=None))
+                  for d in devices]
+        started = time.perf_counter()
+        failures = 0
+        for i in range(CHECKS):
+            p = params[i % DEVICES]
+            result = run_connection_check(
+                p["host"], p["port"], p["mqttClientId"], p["mqttUsername"], p["mqttPassword"],
+                topic=CHECK_TOPIC.format(product_id="bench", device_id=p["deviceId"]),
+            )
+            failures += not result.succeeded
+        rows.append({"benchmark": "run_connection_check loop", "metric": "checks per second",
+                     "unit": "1/s", "value": CHECKS / (time.perf_counter() - started),
+                     "checks": CHECKS, "failures": failures})
+
+        started = time.perf_counter()
+        failures = 0
+        for i in range(CHECKS):
+            p = params[i % DEVICES]
+            connack = []
+            client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=p["mqttClientId"],
+                                 userdata=connack)
+            client.username_pw_set(p["mqttUsername"], p["mqttPassword"])
+            client.on_connect = lambda c, userdata, f, reason, props: userdata.append(reason.value)
+            client.connect(p["host"], p["port"])
+            deadline = time.monotonic() + 5
+            while not connack and time.monotonic() < deadline:
+                client.loop(timeout=0.01)
+            failures += connack != [0]
+            client.disconnect()
+            client.loop(timeout=0.01)
+        rows.append({"benchmark": "bare paho connect loop", "metric": "connects per second",
+                     "unit": "1/s", "value": CHECKS / (time.perf_counter() - started),
+                     "connects": CHECKS, "failures": failures})
+    finally:
+        _stop(broker)
+    return rows
