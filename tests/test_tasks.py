@@ -161,6 +161,13 @@ def test_a_healthy_device_succeeds_over_tls_with_latencies(mqtt_broker, start_wo
     assert check.queued_at <= check.started_at <= check.finished_at
     assert check.task_id
     assert check.requested_by == owner
+    # The check connected as the device: the broker saw it come and go.
+    deadline = time.monotonic() + 5
+    while device.status != DeviceStatus.OFFLINE and time.monotonic() < deadline:
+        time.sleep(0.05)
+        device.refresh_from_db()
+    assert device.status == DeviceStatus.OFFLINE
+    assert device.first_activated_at is not None
 
 
 def test_plain_tcp_and_signmethods_succeed_too(mqtt_broker, start_worker, device):
