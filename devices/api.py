@@ -308,4 +308,90 @@ def openapi_description(request):
             },
         },
     }
+    _describe_checks(description, error)
     return JsonResponse(description)
+
+
+def _describe_checks(description, error):
+    """The connection-check endpoints in the OpenAPI description."""
+    path_id = {"type": "string", "pattern": "^[A-Za-z0-9._:@-]{1,64}$"}
+    check = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Check"}}}}
+    description["paths"]["/api/v1/products/{productId}/devices/{deviceId}/checks"] = {
+        "parameters": [
+            {"name": "productId", "in": "path", "required": True, "schema": path_id},
+            {"name": "deviceId", "in": "path", "required": True, "schema": path_id},
+        ],
+        "post": {
+            "operationId": "startCheck",
+            "summary": "Queue a connection check of the device (connects as the device)",
+            "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                "type": "object", "additionalProperties": False,
+                "properties": {
+                    "securemode": {"type": "integer", "enum": [2, 3]},
+                    "signmethod": {"type": "string",
+                                   "enum": ["hmacmd5", "hmacsha1", "hmacsha256"]},
+                    "timestamp": {"type": "string", "description": "ms, 'now' or 'none'"},
+                    "clientId": {"type": "string", "minLength": 1, "maxLength": 64},
+                    "exclusive": {"type": "boolean"},
+                    "protocol": {"type": "string", "enum": ["3.1.1", "5.0", "3.1"]},
+                    "force": {"type": "boolean",
+                              "description": "Required (true) when the device is online."},
+                },
+            }}}},
+            "responses": {
+                "202": {"description": "Queued", **check},
+                "400": error("An option is not valid; 'field' names it."),
+                "401": error("Not logged in and no valid API token."),
+                "403": error("Lacks the permission devices.add_connectioncheck (or CSRF)."),
+                "404": error("Unknown product or device."),
+                "409": error("The device is online and force is not true."),
+            },
+        },
+        "get": {
+            "operationId": "listChecks",
+            "summary": "The device's latest connection checks, newest first",
+            "responses": {
+                "200": {"description": "Checks", "content": {"application/json": {"schema": {
+                    "type": "object", "properties": {"checks": {
+                        "type": "array", "items": {"$ref": "#/components/schemas/Check"}}}}}}},
+                "401": error("Not logged in and no valid API token."),
+                "404": error("Unknown product or device."),
+            },
+        },
+    }
+    description["paths"]["/api/v1/checks/{id}"] = {
+        "get": {
+            "operationId": "getCheck",
+            "summary": "One connection check: poll it until status is succeeded or failed",
+            "parameters": [{"name": "id", "in": "path", "required": True,
+                            "schema": {"type": "integer"}}],
+            "responses": {
+                "200": {"description": "The check", **check},
+                "401": error("Not logged in and no valid API token."),
+                "404": error("Unknown check."),
+            },
+        }
+    }
+    nullable_string = {"type": "string", "nullable": True}
+    description["components"]["schemas"]["Check"] = {
+        "type": "object",
+        "required": ["id", "status", "reason", "latencyMs"],
+        "properties": {
+            "id": {"type": "integer"},
+            "productId": {"type": "string"},
+            "deviceId": {"type": "string"},
+            "status": {"type": "string", "enum": ["queued", "running", "succeeded", "failed"]},
+            "outcome": nullable_string,
+            "reason": nullable_string,
+            "hint": nullable_string,
+            "detail": nullable_string,
+            "connackCode": {"type": "integer", "nullable": True},
+            "latencyMs": {"type": "number", "nullable": True},
+            "latencies": {"type": "object", "additionalProperties": {"type": "number"}},
+            "options": {"type": "object"},
+            "requestedBy": nullable_string,
+            "queuedAt": {"type": "string", "format": "date-time"},
+            "startedAt": {"type": "string", "format": "date-time", "nullable": True},
+            "finishedAt": {"type": "string", "format": "date-time", "nullable": True},
+        },
+    }

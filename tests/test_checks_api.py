@@ -243,3 +243,11 @@ def test_the_reason_comes_in_the_requested_language(client, device, token):
     assert english["reason"] == "The broker's host name could not be resolved."
     assert chinese["reason"] != english["reason"] and "PORTAL_MQTT_HOST" in chinese["hint"]
     assert chinese["outcome"] == english["outcome"] == "name_not_resolved"
+
+
+def test_the_openapi_description_lists_the_check_endpoints(client):
+    description = client.get("/api/v1/openapi.json").json()
+    assert "post" in description["paths"]["/api/v1/products/{productId}/devices/{deviceId}/checks"]
+    assert "get" in description["paths"]["/api/v1/checks/{id}"]
+    check = description["components"]["schemas"]["Check"]
+    assert {"id", "status", "reason", "latencyMs"} <= set(check["required"])
