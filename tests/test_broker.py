@@ -15,8 +15,10 @@ from tests.broker_fixtures import MqttTestClient  # noqa: E402
 pytest_plugins = ["tests.broker_fixtures"]
 
 SECRET = "Xk9fPq2LmN7rT4vW8yZ1aB3cD5eF6gH0"
-# paho 2.x reports a MQTT 3.1.1 CONNACK code as its MQTT 5 reason code: 0x04 → 0x86, 0x05 → 0x87.
+# paho 2.x reports a MQTT 3.1.1 CONNACK code as its MQTT 5 reason code: 0x01 → 0x84,
+# 0x04 → 0x86, 0x05 → 0x87.
 ACCEPTED = 0
+UNSUPPORTED_PROTOCOL_VERSION = 0x84
 BAD_USERNAME_OR_PASSWORD = 0x86
 NOT_AUTHORIZED = 0x87
 
@@ -169,7 +171,7 @@ def test_other_protocol_versions_are_refused_promptly(mqtt_broker, clients, prot
     client.connect(timeout=5)
     assert client.disconnected.wait(5)
     assert time.monotonic() - started < 2
-    assert client.reason_code != ACCEPTED
+    assert client.reason_code == UNSUPPORTED_PROTOCOL_VERSION
     mqtt_broker.wait_for_log(mark, "is not spoken by the embedded broker")
 
 
