@@ -417,25 +417,27 @@ class PortalBroker(Broker):
                 )
                 return
             self.live[conn.key] = conn
-        if previous is not None:
-            await previous.close(f"replaced by a newer connection (clientId {conn.client_id!r})")
-        await self._run_session(conn, connect, reader, writer, who)
+        await self._run_session(conn, previous, connect, reader, writer, who)
 
-    async def _run_session(self, conn: DeviceConnection, connect, reader, writer, who: str) -> None:
-        session = Session()
-        session.client_id = conn.session_id
-        session.clean_session = True
-        session.username = connect.payload.username
-        session.remote_address, session.remote_port = writer.get_peer_info() or (None, None)
-        session.ssl_object = writer.get_ssl_info()
-        keep_alive = connect.variable_header.keep_alive
-        session.keep_alive = (keep_alive + (keep_alive + 1) // 2) if keep_alive > 0 else 0
-        session.attributes[SESSION_KEY] = conn
-        handler = PortalProtocolHandler(self.plugins_manager, loop=self._loop)
-        conn.handler = handler
-        handler.attach(session, reader, writer)
-        self._sessions[conn.session_id] = (session, handler)
+    async def _run_session(self, conn: DeviceConnection, previous: DeviceConnection | None,
+                           connect, reader, writer, who: str) -> None:
+        """From the accepted CONNECT to the end of the connection; always leaves ``live`` right."""
         try:
+            if previous is not None:
+                await previous.close(f"replaced by a newer connection (clientId {conn.client_id!r})")
+            session = Session()
+            session.client_id = conn.session_id
+            session.clean_session = True
+            session.username = connect.payload.username
+            session.remote_address, session.remote_port = writer.get_peer_info() or (None, None)
+            session.ssl_object = writer.get_ssl_info()
+            keep_alive = connect.variable_header.keep_alive
+            session.keep_alive = (keep_alive + (keep_alive + 1) // 2) if keep_alive > 0 else 0
+            session.attributes[SESSION_KEY] = conn
+            handler = PortalProtocolHandler(self.plugins_manager, loop=self._loop)
+            conn.handler = handler
+            handler.attach(session, reader, writer)
+            self._sessions[conn.session_id] = (session, handler)
             session.transitions.connect()
             await handler.mqtt_connack_authorize(True)
             logger.info("Accepted %s as %s%s", who, conn.name, " (exclusive)" if conn.exclusive else "")
