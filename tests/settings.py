@@ -20,6 +20,8 @@ ALLOWED_HOSTS = ["testserver", "127.0.0.1", "localhost"]
 # PORTAL_TEST_TASKS_BACKEND=db (and so does the test process for end-to-end tests).
 if os.environ.get("PORTAL_TEST_TASKS_BACKEND") == "db":
     TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
+elif os.environ.get("PORTAL_TEST_TASKS_BACKEND") == "rq":
+    pass  # the scale-out path as portal.settings sets it up from PORTAL_TASKS_REDIS_URL
 else:
     TASKS = {"default": {"BACKEND": "django_tasks.backends.immediate.ImmediateBackend"}}
 
