@@ -166,8 +166,10 @@ class Device(models.Model):
             if not settings.MQTT_TLS_PORT:
                 raise OptionError(
                     "securemode",
-                    "This deployment has no TLS listener (PORTAL_MQTT_TLS_PORT is not set); "
-                    "use securemode=3 (plain TCP).",
+                    _(
+                        "This deployment has no TLS listener (PORTAL_MQTT_TLS_PORT is not set); "
+                        "use securemode=3 (plain TCP)."
+                    ),
                     code="tls_not_configured",
                 )
             port = settings.MQTT_TLS_PORT
@@ -185,7 +187,7 @@ class Device(models.Model):
                 exclusive=options.exclusive,
             )
         except signing.SigningError as error:
-            raise OptionError(error.field or "clientId", error.message) from None
+            raise OptionError.from_signing_error(error, options.client_id) from None
         return {
             "productId": rendered.product_id,
             "deviceId": rendered.device_id,

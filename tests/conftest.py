@@ -4,9 +4,25 @@ import json
 from pathlib import Path
 
 import pytest
-from django.contrib.auth.models import Permission
+
+# Rewrite the asserts of the shared broker helpers (imported by several test modules); this must
+# happen before anything imports them, so here rather than in a test module.
+pytest.register_assert_rewrite("tests.broker_fixtures")
+
+from django.contrib.auth.models import Permission  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(autouse=True)
+def default_language():
+    """A request in Chinese leaves Chinese active in the test thread (LocaleMiddleware never
+    deactivates it); start and end every test in the default language so none depends on order."""
+    from django.utils import translation
+
+    translation.deactivate()
+    yield
+    translation.deactivate()
 
 
 @pytest.fixture(scope="session")

@@ -167,3 +167,16 @@ def test_the_openapi_description_describes_the_endpoint(client):
         "productId", "deviceId", "securemode", "signmethod", "timestamp", "clientId", "exclusive",
     }
     assert set(operation["responses"]) == {"200", "400", "401", "403", "404"}
+
+
+def test_an_option_error_is_in_the_language_asked_for_and_still_names_the_field(
+    owner_client, device, settings
+):
+    response = owner_client.get(URL, {"clientId": "a|b"}, HTTP_ACCEPT_LANGUAGE="zh-CN")
+    error = response.json()["error"]
+    assert (response.status_code, error["field"], error["code"]) == (400, "clientId", "invalid_option")
+    assert "clientId 不能包含" in error["message"] and "'|'" in error["message"]
+    settings.MQTT_TLS_PORT = None
+    error = owner_client.get(URL, {"securemode": "2"}, HTTP_ACCEPT_LANGUAGE="zh-CN").json()["error"]
+    assert error["code"] == "tls_not_configured"
+    assert "没有 TLS 监听端口" in error["message"] and "securemode=3" in error["message"]

@@ -8,9 +8,7 @@ import pytest
 
 from devices import signing
 from devices.models import Device, DeviceStatus, Product
-
-pytest.register_assert_rewrite("tests.broker_fixtures")
-from tests.broker_fixtures import MqttTestClient  # noqa: E402
+from tests.broker_fixtures import MqttTestClient
 
 pytest_plugins = ["tests.broker_fixtures"]
 

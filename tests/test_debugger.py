@@ -166,3 +166,40 @@ def test_the_mqttclientid_alone_is_enough(doc_device):
         "clientId12345deviceIddeviceproductIdpk",
         "deviceIddeviceproductIdpk",
     ]
+
+
+# The signing module's messages are English (it stays free of Django); the debugger says them
+# again, from the stable code, in the reader's language, with the value at fault.
+REFUSALS = [
+    ("12345", "device&pk", "malformed_client_id", "没有找到“|”"),
+    ("12345|securemode=3|x|", "device&pk", "malformed_client_id", "正好有两个“|”"),
+    ("a,b|securemode=3|", "device&pk", "malformed_client_id", "','"),
+    ("12345|securemode=3,securemode=2|", "device&pk", "malformed_client_id", "securemode 出现了两次"),
+    ("12345|securemode|", "device&pk", "malformed_client_id", "key=value"),
+    ("x" * 65 + "|securemode=3|", "device&pk", "client_id_too_long", "65"),
+    ("12345|signmethod=hmacsha1|", "device&pk", "missing_securemode", "必须有 securemode"),
+    ("12345|securemode=4|", "device&pk", "bad_securemode", "“4”"),
+    ("12345|securemode=3,signmethod=sha512|", "device&pk", "unsupported_signmethod", "“sha512”"),
+    ("12345|securemode=3,timestamp=12a|", "device&pk", "bad_timestamp", "“12a”"),
+    ("12345|securemode=3,exclusive=yes|", "device&pk", "bad_exclusive", "“yes”"),
+    ("12345|securemode=3|", "device&pk&x", "malformed_username", "正好一个“&”"),
+    ("12345|securemode=3|", "dev ice&pk", "malformed_username", "1 到 64 个字符"),
+]
+
+
+@pytest.mark.parametrize("client_id, username, code, words", REFUSALS)
+def test_refusals_of_the_signing_rules_are_said_in_chinese(doc_device, client_id, username,
+                                                          code, words):
+    from django.utils import translation
+
+    with translation.override("zh-hans"):
+        result = debugger.diagnose(doc_device, client_id, username, "")
+    finding = next(f for f in result.findings if f.code == code)
+    assert words in finding.message
+    assert not any(word in finding.message for word in ("must", "Extension", "not valid"))
+
+
+def test_refusals_in_english_still_name_the_value(doc_device):
+    result = debugger.diagnose(doc_device, "12345|securemode=3,signmethod=sha512|", "device&pk")
+    message = next(f for f in result.findings if f.code == "unsupported_signmethod").message
+    assert "sha512" in message and "hmacsha256" in message

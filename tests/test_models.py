@@ -7,6 +7,7 @@ from cryptography.fernet import Fernet
 from django.core.exceptions import ValidationError
 from django.db import connection
 from django.test import override_settings
+from django.utils import translation
 
 from devices import fields, signing
 from devices.models import AuditEvent, Device, Product
@@ -99,6 +100,11 @@ def test_asking_for_tls_without_a_tls_port_is_an_option_error(device, settings):
     with pytest.raises(OptionError) as caught:
         device.connection_params(ConnectionOptions(securemode=2))
     assert caught.value.field == "securemode"
+    assert "PORTAL_MQTT_TLS_PORT" in str(caught.value.message)
+    with translation.override("zh-hans"):
+        with pytest.raises(OptionError) as caught:
+            device.connection_params(ConnectionOptions(securemode=2))
+        assert str(caught.value.message).startswith("本部署没有 TLS 监听端口")
 
 
 def test_rotating_a_secret_changes_it_and_is_audited(device, owner):

@@ -199,6 +199,24 @@ def test_tls_without_a_tls_listener_is_explained(client, owner, device):
     assert "securemode=3" in slot
 
 
+def test_option_errors_are_explained_in_chinese(client, owner, device):
+    client.force_login(owner)
+    zh = {"HTTP_ACCEPT_LANGUAGE": "zh-CN,zh;q=0.9"}
+    expected = [
+        ({"clientId": "mac|01"}, "clientId", "clientId 不能包含"),
+        ({"clientId": "x" * 65}, "clientId", "最多 64 个字符（现在有 65 个）"),
+        ({"securemode": "2"}, "securemode", "没有 TLS 监听端口"),
+        ({"timestamp": "yesterday"}, "timestamp", "毫秒时间"),
+        ({"exclusive": "maybe"}, "exclusive", "true 或 false"),
+        ({"signmethod": "sha512"}, "signmethod", "signmethod 必须是"),
+    ]
+    for query, field, words in expected:
+        body = client.get(DEVICE_URL, {"panel": "1", **query}, **zh).content.decode()
+        slot = html.unescape(
+            re.search(rf'data-error-for="{field}"[^>]*>([^<]*)<', body).group(1))
+        assert words in slot, (query, slot)
+
+
 def test_a_bad_timestamp_is_explained(client, owner, device):
     client.force_login(owner)
     body = client.get(DEVICE_URL, {"panel": "1", "timestamp": "yesterday"}).content.decode()
