@@ -15,9 +15,11 @@ from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.decorators import method_decorator
 from django.utils.html import format_html
 from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
+from django.views.decorators.debug import sensitive_post_parameters
 
 from . import batch as batches
 from .models import (
@@ -237,11 +239,19 @@ class DeviceAdmin(admin.ModelAdmin):
         return super().get_form(request, obj, **kwargs)
 
     def get_fields(self, request, obj=None):
-        return list(self.add_form.Meta.fields) if obj is None else list(self.change_fields)
+        if obj is None:
+            return list(self.add_form.Meta.fields)
+        return self._secret_fields_for(request, self.change_fields)
 
     def get_readonly_fields(self, request, obj=None):
         # productId and deviceId are part of the device's credentials: fixed once created.
-        return [] if obj is None else list(self.change_readonly_fields)
+        return [] if obj is None else self._secret_fields_for(request, self.change_readonly_fields)
+
+    def _secret_fields_for(self, request, fields):
+        """Even the last characters of a secret are for those who may see secrets."""
+        if self.has_view_device_secret_permission(request):
+            return list(fields)
+        return ["secret_hidden" if name == "secret" else name for name in fields]
 
     def has_view_device_secret_permission(self, request):
         return request.user.has_perm(SECRET_PERMISSION)
@@ -258,6 +268,15 @@ class DeviceAdmin(admin.ModelAdmin):
     def secret(self, obj):
         # Masked only; "Reveal secret" and "Rotate secret" are buttons of the change form.
         return format_html("<code>{}</code>", obj.masked_secret) if obj and obj.pk else "-"
+
+    @admin.display(description=_("deviceSecret"))
+    def secret_hidden(self, obj):
+        return format_html("<code>{}</code>", "•" * 8)
+
+    @method_decorator(sensitive_post_parameters("device_secret"))
+    def add_view(self, request, form_url="", extra_context=None):
+        # A given secret must not reach an error report or a log of the request.
+        return super().add_view(request, form_url, extra_context)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         extra_context = {

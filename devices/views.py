@@ -16,6 +16,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.translation import gettext as _
 from django.views.decorators.cache import never_cache
+from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from . import debugger
@@ -272,6 +273,7 @@ def device_set_enabled(request, product_id, device_id):
 
 
 @never_cache
+@sensitive_post_parameters("mqtt_password")
 @login_required
 @require_http_methods(["GET", "POST"])
 def device_debugger(request, product_id, device_id):

@@ -313,6 +313,7 @@ def test_reveal_needs_the_secret_permission(client, staff_without_secrets, devic
     assert client.get(url).status_code == 403
     change_page = client.get(f"/admin/devices/device/{device.pk}/change/").content.decode()
     assert url not in change_page
+    assert "gH0" not in change_page and "••••••••" in change_page  # masked without a tail
     assert not AuditEvent.objects.exists()
 
 
@@ -349,6 +350,17 @@ def test_adding_one_device_generates_its_secret(owner_client, product):
     device = Device.objects.get(device_id="one-off")
     assert len(device.device_secret) == 32 and device.device_secret.isalnum()
     assert raw_secret(device.pk).startswith("fernet:")
+
+
+def test_a_given_secret_is_hidden_from_error_reports(owner_client, product):
+    from django.views.debug import SafeExceptionReporterFilter
+
+    response = owner_client.post("/admin/devices/device/add/", {
+        "product": product.pk, "device_id": "bad id", "device_secret": "given-secret-123",
+        "enabled": "on"})
+    assert response.status_code == 200  # the bad deviceId is refused, the form shown again
+    reported = SafeExceptionReporterFilter().get_post_parameters(response.wsgi_request)
+    assert reported["device_id"] == "bad id" and "given-secret" not in reported["device_secret"]
 
 
 def test_adding_one_device_keeps_a_given_secret(owner_client, product):

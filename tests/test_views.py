@@ -130,6 +130,7 @@ def test_a_member_sees_the_device_but_not_the_secret(client, member, device):
     client.force_login(member)
     body = client.get(DEVICE_URL).content.decode()
     assert "sensor-001" in body and SECRET not in body
+    assert SECRET[-3:] not in body  # not even the masked form's last characters
     assert "/secret/" not in body and "/debugger/" not in body and "/rotate/" not in body
     assert client.post(DEVICE_URL + "secret/").status_code == 403
     assert not AuditEvent.objects.exists()
@@ -447,6 +448,17 @@ def test_the_debugger_explains_a_planted_mistake_without_showing_the_secret(clie
     assert "1700000000000" in body
     assert SECRET not in body
     assert v["content"].replace("1700000000000", "1700000000001") in body  # canonical content
+
+
+def test_a_pasted_password_is_hidden_from_error_reports(client, owner, device):
+    from django.views.debug import SafeExceptionReporterFilter
+
+    client.force_login(owner)
+    response = client.post(DEVICE_URL + "debugger/", {
+        "mqtt_client_id": "sensor-001|securemode=3|", "mqtt_password": "a1b2c3d4"})
+    reported = SafeExceptionReporterFilter().get_post_parameters(response.wsgi_request)
+    assert reported["mqtt_client_id"] == "sensor-001|securemode=3|"
+    assert reported["mqtt_password"] != "a1b2c3d4" and set(reported["mqtt_password"]) == {"*"}
 
 
 def test_the_debugger_accepts_right_fields(client, owner, device, vectors):
