@@ -14,6 +14,7 @@ import json
 import logging
 
 from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
@@ -64,8 +65,15 @@ def broker_hook(view):
         if refusal is not None:
             return refusal
         try:
-            body = json.loads(request.body or b"")
-        except (ValueError, UnicodeDecodeError):
+            raw = request.body
+        except RequestDataTooBig:
+            return _error(
+                413, "body_too_large",
+                f"The body must be at most {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes.",
+            )
+        try:
+            body = json.loads(raw or b"")
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: deep nesting
             return _error(400, "malformed_json", "The body must be a JSON object.")
         if not isinstance(body, dict):
             return _error(400, "malformed_json", "The body must be a JSON object.")

@@ -184,3 +184,49 @@ def test_malformed_bodies_get_a_400_that_names_the_field(client, device, path, b
     assert response.status_code == 400
     error = response.json()["error"]
     assert error["field"] == field and error["message"]
+
+
+@pytest.mark.parametrize(
+    "path, body",
+    [("/mqtt/auth", "[" * 100_000),  # nesting deep enough to exhaust the recursion limit
+     ("/mqtt/acl", '{"a": ' * 50_000 + "1" + "}" * 50_000),
+     ("/mqtt/events", ""),
+     ("/mqtt/auth", "null"),
+     ("/mqtt/acl", '"a string"')],
+    ids=["deep array", "deep object", "empty", "null", "string"],
+)
+def test_bodies_that_are_no_json_object_get_a_400(client, device, path, body):
+    response = post(client, path, body)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "malformed_json"
+
+
+@pytest.mark.parametrize("path", ["/mqtt/auth", "/mqtt/acl", "/mqtt/events"])
+def test_a_huge_body_gets_a_413_in_json(client, device, settings, path):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 10_000
+    response = post(client, path, auth_body(peerhost="x" * 20_000))
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "body_too_large"
+
+
+@pytest.mark.parametrize(
+    "path, body, field",
+    [("/mqtt/auth", auth_body(password=None), "password"),
+     ("/mqtt/auth", auth_body(password=["a"]), "password"),
+     ("/mqtt/auth", auth_body(peerhost={"ip": 1}), "peerhost"),
+     ("/mqtt/auth", auth_body(username=None), "username"),
+     ("/mqtt/acl", acl_body(qos=1.5), "qos"),
+     ("/mqtt/acl", acl_body(qos="-1"), "qos"),
+     ("/mqtt/acl", acl_body(topic=None), "topic"),
+     ("/mqtt/acl", acl_body(username=7), "username"),
+     ("/mqtt/events", {"event": "client.disconnected", "username": ["x"]}, "username")],
+)
+def test_fields_of_the_wrong_type_get_a_400_that_names_them(client, device, path, body, field):
+    response = post(client, path, body)
+    assert response.status_code == 400
+    assert response.json()["error"]["field"] == field
+
+
+def test_a_very_long_client_id_is_denied_not_an_error(client, device):
+    response = post(client, "/mqtt/auth", auth_body(clientid="c" * 100_000))
+    assert response.status_code == 200 and response.json()["result"] == "deny"
