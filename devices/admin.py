@@ -480,20 +480,77 @@ class DeviceAdmin(admin.ModelAdmin):
 # -- registration batches, audit, tokens -----------------------------------------------------------
 
 
+BATCH_SOURCES = {
+    batches.SOURCE_GENERATED: _("generated from a prefix"),
+    batches.SOURCE_CSV: _("uploaded CSV"),
+}
+
+
+class SourceFilter(admin.SimpleListFilter):
+    """The batch's source, named in the reader's language (the column holds fixed words)."""
+
+    title = _("source")
+    parameter_name = "source"
+
+    def lookups(self, request, model_admin):
+        return list(BATCH_SOURCES.items())
+
+    def queryset(self, request, queryset):
+        return queryset.filter(source=self.value()) if self.value() else queryset
+
+
+class ProductFilter(admin.RelatedFieldListFilter):
+    """By product, with a translated title (the batch's product field has no translated name)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.title = _("product")
+
+
 @admin.register(RegistrationBatch)
 class RegistrationBatchAdmin(admin.ModelAdmin):
+    # Display methods rather than the bare fields: the model's fields carry no translated names.
     list_display = [
-        "id",
-        "product",
-        "source",
-        "device_count",
-        "created_by",
-        "created_at",
+        "number",
+        "batch_product",
+        "batch_source",
+        "devices",
+        "registered_by",
+        "registered_at",
         "credentials",
     ]
-    list_filter = ["source", "product"]
+    list_display_links = ["number"]
+    fields = readonly_fields = [
+        "number", "batch_product", "batch_source", "devices", "registered_by", "registered_at",
+        "credentials",
+    ]
+    list_filter = [SourceFilter, ("product", ProductFilter)]
     list_select_related = ["product", "created_by"]
     search_fields = ["product__product_id"]
+
+    @admin.display(description=_("batch"), ordering="id")
+    def number(self, obj):
+        return obj.pk
+
+    @admin.display(description=_("product"), ordering="product__product_id")
+    def batch_product(self, obj):
+        return obj.product
+
+    @admin.display(description=_("source"), ordering="source")
+    def batch_source(self, obj):
+        return BATCH_SOURCES.get(obj.source, obj.source)
+
+    @admin.display(description=_("devices"), ordering="device_count")
+    def devices(self, obj):
+        return obj.device_count
+
+    @admin.display(description=_("registered by"), ordering="created_by")
+    def registered_by(self, obj):
+        return obj.created_by or "-"
+
+    @admin.display(description=_("registered"), ordering="created_at")
+    def registered_at(self, obj):
+        return obj.created_at
 
     def has_add_permission(self, request):
         return False
@@ -550,6 +607,7 @@ class ApiTokenAddForm(forms.ModelForm):
     class Meta:
         model = ApiToken
         fields = ["user", "name"]
+        labels = {"user": _("user")}
 
 
 @admin.register(ApiToken)
@@ -557,7 +615,7 @@ class ApiTokenAdmin(admin.ModelAdmin):
     """Tokens are made here (or by ``createapitoken``); the token is shown once, then only its hash
     is kept. Deleting a token revokes it."""
 
-    list_display = ["token_prefix", "user", "name", "created_at", "last_used_at"]
+    list_display = ["token_prefix", "owner", "name", "created_at", "last_used_at"]
     list_select_related = ["user"]
     search_fields = ["user__username", "name", "token_prefix"]
     form = ApiTokenAddForm
@@ -566,11 +624,15 @@ class ApiTokenAdmin(admin.ModelAdmin):
         return (
             ["user", "name"]
             if obj is None
-            else ["user", "name", "token_prefix", "created_at", "last_used_at"]
+            else ["owner", "name", "token_prefix", "created_at", "last_used_at"]
         )
 
     def get_readonly_fields(self, request, obj=None):
-        return [] if obj is None else ["user", "token_prefix", "created_at", "last_used_at"]
+        return [] if obj is None else ["owner", "token_prefix", "created_at", "last_used_at"]
+
+    @admin.display(description=_("user"), ordering="user__username")
+    def owner(self, obj):
+        return obj.user
 
     # A token acts as its user: staff who are not superusers make and see only their own, so
     # that the add-token permission cannot become another user's (or a superuser's) powers.

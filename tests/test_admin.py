@@ -229,6 +229,20 @@ def test_the_batch_list_links_to_its_credentials(owner_client, product):
     )
 
 
+def test_the_batch_list_reads_in_chinese(owner_client, product):
+    generate(owner_client, product, count=1)
+    batch = RegistrationBatch.objects.get()
+    zh = {"HTTP_ACCEPT_LANGUAGE": "zh-CN"}
+    listing = owner_client.get("/admin/devices/registrationbatch/", **zh).content.decode()
+    assert "来源" in listing and "按前缀生成" in listing and "注册人" in listing
+    assert ">generated<" not in listing and "Created by" not in listing
+    detail = owner_client.get(
+        f"/admin/devices/registrationbatch/{batch.pk}/change/", **zh).content.decode()
+    assert "按前缀生成" in detail and "Device count" not in detail
+    tokens = owner_client.get("/admin/devices/apitoken/add/", **zh).content.decode()
+    assert "用户" in tokens and ">User:<" not in tokens
+
+
 def test_the_export_action_downloads_the_selected_devices_and_is_audited(
     owner_client, product, device
 ):
