@@ -493,3 +493,24 @@ def test_the_switcher_sets_the_language(client, owner, device):
     assert response.status_code == 302 and response["Location"] == DEVICE_URL
     body = client.get(DEVICE_URL, {"panel": "1"}).content.decode()
     assert "MQTT连接参数" in body and "一键复制（JSON）" in body
+
+
+# -- error pages ------------------------------------------------------------------------------
+
+
+def test_a_missing_device_says_what_to_do_and_links_back(client, owner, device):
+    client.force_login(owner)
+    response = client.get("/products/a1B2c3D4e5F/devices/nope/", HTTP_ACCEPT_LANGUAGE="zh-CN")
+    body = response.content.decode()
+    assert response.status_code == 404
+    assert "此地址下没有内容" in body and 'href="/"' in body and "deviceId" in body
+    assert "Resolver404" not in client.get("/no/such/page/").content.decode()
+
+
+def test_a_refusal_names_the_permission_and_links_back(client, member, device):
+    client.force_login(member)
+    response = client.get(DEVICE_URL + "debugger/")
+    body = html.unescape(response.content.decode())
+    assert response.status_code == 403
+    assert "it needs the permission to view device secrets" in body
+    assert "Ask an administrator" in body and 'href="/"' in body
