@@ -63,10 +63,11 @@ class Product(models.Model):
 
 class DeviceQuerySet(models.QuerySet):
     def for_user(self, user):
-        """Devices ``user`` may see in the console: every device for staff and members."""
+        """Devices ``user`` may see (console and API): all of them with the permission
+        ``devices.view_device``, none without it."""
         if not user.is_authenticated or not user.is_active:
             return self.none()
-        return self
+        return self if user.has_perm("devices.view_device") else self.none()
 
     def lookup(self, product_id, device_id):
         return self.select_related("product").get(

@@ -4,6 +4,7 @@ The connection parameters come from ``Device.connection_params`` (the JSON endpo
 the signature debugger's reasoning lives in ``devices.debugger``.
 """
 
+from functools import wraps
 from pathlib import Path
 
 from django.conf import settings
@@ -25,10 +26,26 @@ from .models import AuditEvent, Device, DeviceStatus, Product
 from .options import ConnectionOptions, OptionError
 
 SECRET_PERMISSION = "devices.view_device_secret"
+VIEW_PERMISSION = "devices.view_device"
 CHANGE_PERMISSION = "devices.change_device"
 PAGE_SIZE = 50
 # The option names of the parameters panel (the JSON endpoint's query names).
 OPTION_NAMES = ("securemode", "signmethod", "timestamp", "clientId", "exclusive")
+
+
+def devices_visible(view):
+    """Logged in (else the login page), then allowed to see devices: a 403 that names the
+    permission, rather than empty lists that leave a person guessing."""
+
+    @wraps(view)
+    def wrapper(request, *args, **kwargs):
+        if not request.user.has_perm(VIEW_PERMISSION):
+            raise PermissionDenied(
+                _("Seeing devices needs the permission “Can view device” (devices.view_device).")
+            )
+        return view(request, *args, **kwargs)
+
+    return login_required(wrapper)
 
 
 def _get_device_for_user(request, product_id, device_id):
@@ -111,7 +128,7 @@ def index(request):
     return redirect("device-list")
 
 
-@login_required
+@devices_visible
 @require_GET
 def product_list(request):
     products = list(Product.objects.order_by("product_id"))
@@ -124,7 +141,7 @@ def product_list(request):
     )
 
 
-@login_required
+@devices_visible
 @require_GET
 def product_detail(request, product_id):
     product = get_object_or_404(Product, product_id=product_id)
@@ -145,7 +162,7 @@ def product_detail(request, product_id):
     )
 
 
-@login_required
+@devices_visible
 @require_GET
 def device_list(request):
     form = DeviceFilterForm(request.GET or None)
@@ -208,7 +225,7 @@ def _device_context(request, device):
 
 
 @never_cache
-@login_required
+@devices_visible
 @require_GET
 def device_detail(request, product_id, device_id):
     device = _get_device_for_user(request, product_id, device_id)
@@ -223,7 +240,7 @@ def device_detail(request, product_id, device_id):
 
 
 @never_cache
-@login_required
+@devices_visible
 @require_POST
 def device_reveal_secret(request, product_id, device_id):
     """Show the secret once, in the response body (never in a URL), and record who saw it."""
@@ -236,7 +253,7 @@ def device_reveal_secret(request, product_id, device_id):
     return render(request, "devices/device_detail.html", context)
 
 
-@login_required
+@devices_visible
 @require_http_methods(["GET", "POST"])
 def device_rotate_secret(request, product_id, device_id):
     """GET asks for confirmation; POST rotates (audited by the model)."""
@@ -255,7 +272,7 @@ def device_rotate_secret(request, product_id, device_id):
     return render(request, "devices/device_rotate.html", _device_context(request, device))
 
 
-@login_required
+@devices_visible
 @require_POST
 def device_set_enabled(request, product_id, device_id):
     device = _get_device_for_user(request, product_id, device_id)
@@ -274,7 +291,7 @@ def device_set_enabled(request, product_id, device_id):
 
 @never_cache
 @sensitive_post_parameters("mqtt_password")
-@login_required
+@devices_visible
 @require_http_methods(["GET", "POST"])
 def device_debugger(request, product_id, device_id):
     """Paste what a device sent; see why the broker accepts or refuses it.

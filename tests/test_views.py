@@ -61,6 +61,21 @@ def test_anonymous_posts_change_nothing(client, device):
     assert not AuditEvent.objects.exists()
 
 
+@pytest.mark.parametrize(
+    "url", ["/products/", "/products/a1B2c3D4e5F/", "/devices/", DEVICE_URL,
+            DEVICE_URL + "?panel=1", DEVICE_URL + "debugger/", DEVICE_URL + "rotate/"],
+)
+def test_an_account_without_the_view_permission_sees_no_device(client, django_user_model,
+                                                               device, url):
+    stranger = django_user_model.objects.create_user("eve", password="eve-password")
+    client.force_login(stranger)
+    response = client.get(url)
+    body = html.unescape(response.content.decode())
+    assert response.status_code == 403
+    assert "Can view device" in body and "Lab sensor" not in body and "Thermometer" not in body
+    assert client.post(DEVICE_URL + "secret/").status_code == 403
+
+
 def test_the_login_page_logs_in_and_says_what_to_do_when_it_fails(client, owner, device):
     page = client.get("/accounts/login/")
     assert page.status_code == 200 and b'name="username"' in page.content
@@ -407,7 +422,8 @@ def test_the_product_list_counts_devices_by_status(client, owner, many_devices):
     client.force_login(owner)
     with CaptureQueriesContext(connection) as queries:
         body = client.get("/products/").content.decode()
-    assert len(queries.captured_queries) <= 6
+    # session, user, the user's permissions (2), products, counts (2): none per product
+    assert len(queries.captured_queries) <= 7
     row = body[body.index('href="/products/a1B2c3D4e5F/"'):body.index('href="/products/other/"')]
     cells = re.findall(r'data-count="(\w+)">(\d+)<', row)
     assert dict(cells) == {"inactive": "80", "online": "40", "offline": "0"}
