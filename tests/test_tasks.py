@@ -23,7 +23,7 @@ from django.utils import timezone
 from paho.mqtt.enums import CallbackAPIVersion
 
 from devices.checks import Outcome
-from devices.models import CheckStatus, ConnectionCheck, DeviceStatus
+from devices.models import CheckStatus, ConnectionCheck, Device, DeviceStatus
 from devices.options import ConnectionOptions
 from devices.tasks import DeviceOnlineError, request_check
 from tests.broker_fixtures import BrokerProcess, _mqtt_broker_process, mqtt_broker  # noqa: F401
@@ -294,6 +294,18 @@ def test_an_online_device_is_only_checked_with_force_and_the_check_replaces_it(
     finally:
         live.loop_stop()
         live.disconnect()
+
+
+def test_checks_one_right_after_another_are_not_taken_for_an_online_device(
+    mqtt_broker, start_worker, device
+):
+    """A check connects as the device, and the broker records its disconnect a moment after the
+    check has finished: "Test connection" pressed again at once must not meet "device online"."""
+    start_worker(mqtt_broker)
+    for _ in range(5):
+        device = Device.objects.get(pk=device.pk)
+        check = wait_finished(request_check(device, options=ConnectionOptions(securemode=3)))
+        assert check.outcome == Outcome.ACCEPTED, check.reason
 
 
 # --- nothing lost, nothing stuck -------------------------------------------------------------
