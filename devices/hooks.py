@@ -185,11 +185,31 @@ def mqtt_events(request, body):
         device_id, product_id = signing.parse_username(username)
     except signing.SigningError:
         return HttpResponse(status=204)  # such a client was never accepted
+    from django.db.models import Q
+
     from .models import Device
 
     devices = Device.objects.filter(product__product_id=product_id, device_id=device_id)
-    if event == "client.connected":
-        devices.mark_online()
+    connected = event == "client.connected"
+    when = _event_time(body, "connected_at" if connected else "disconnected_at")
+    if when is not None:
+        # EMQX may deliver a reconnect's events out of order (its HTTP action is asynchronous):
+        # an event older than the device's last recorded change is history, not news.
+        devices = devices.filter(Q(last_online_at__isnull=True) | Q(last_online_at__lte=when))
+    if connected:
+        devices.mark_online(when)
     elif body.get("reason") not in _REPLACED_REASONS:
-        devices.mark_offline()
+        devices.mark_offline(when)
     return HttpResponse(status=204)
+
+
+def _event_time(body, name):
+    """EMQX's event time (milliseconds since the epoch) as a datetime, None when absent."""
+    from datetime import UTC, datetime
+
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 10**14:
+        raise HookInputError(name, f"{name} must be a time in milliseconds since the epoch.")
+    return datetime.fromtimestamp(value / 1000, tz=UTC)

@@ -230,3 +230,28 @@ def test_fields_of_the_wrong_type_get_a_400_that_names_them(client, device, path
 def test_a_very_long_client_id_is_denied_not_an_error(client, device):
     response = post(client, "/mqtt/auth", auth_body(clientid="c" * 100_000))
     assert response.status_code == 200 and response.json()["result"] == "deny"
+
+
+def test_events_delivered_out_of_order_leave_the_latest_state(client, device):
+    """A reconnect: connected (t1), disconnected (t2), connected (t3), but the webhook delivers
+    the disconnect last. The device is connected, so it must stay online."""
+    base = {"clientid": TLS_CLIENT_ID, "username": USERNAME}
+    t1, t2, t3 = 1_700_000_000_000, 1_700_000_000_500, 1_700_000_000_900
+    for event in ({"event": "client.connected", "connected_at": t1},
+                  {"event": "client.connected", "connected_at": t3},
+                  {"event": "client.disconnected", "disconnected_at": t2, "reason": "normal"}):
+        assert post(client, "/mqtt/events", {**base, **event}).status_code == 204
+    seen = Device.objects.get(pk=device.pk)
+    assert seen.status == DeviceStatus.ONLINE
+    assert seen.last_online_at.timestamp() * 1000 == t3
+    later = {"event": "client.disconnected", "disconnected_at": t3 + 1, "reason": "normal"}
+    assert post(client, "/mqtt/events", {**base, **later}).status_code == 204
+    assert Device.objects.get(pk=device.pk).status == DeviceStatus.OFFLINE
+
+
+@pytest.mark.parametrize("value", ["soon", -1, True, 1.5])
+def test_an_event_time_that_is_not_milliseconds_is_a_400(client, device, value):
+    body = {"event": "client.connected", "username": USERNAME, "connected_at": value}
+    response = post(client, "/mqtt/events", body)
+    assert response.status_code == 400
+    assert response.json()["error"]["field"] == "connected_at"
