@@ -94,8 +94,11 @@ def generated_rows(prefix, count, start=1, width=0, name_prefix=""):
         problems.append(
             (
                 None,
-                _("The prefix %(prefix)r cannot start a deviceId: deviceIds %(rule)s.")
-                % {"prefix": prefix[:80], "rule": signing.id_error(prefix + "0")},
+                _(
+                    "The prefix %(prefix)r cannot start a deviceId: a deviceId is 1 to 64 "
+                    "characters of letters, digits and - _ . : @."
+                )
+                % {"prefix": prefix[:80]},
             )
         )
     if problems:
@@ -178,12 +181,16 @@ def validate_rows(product, rows):
         )
     first_row_of = {}
     for row in rows:
-        reason = signing.id_error(row.device_id)
-        if reason:
+        if signing.id_error(row.device_id):
+            # signing decides; its English reason is said again here in the reader's language.
             problems.append(
                 (
                     row.row,
-                    _("deviceId %(id)r %(reason)s.") % {"id": row.device_id[:80], "reason": reason},
+                    _(
+                        "deviceId %(id)r is not allowed: use 1 to 64 characters of letters, "
+                        "digits and - _ . : @."
+                    )
+                    % {"id": row.device_id[:80]},
                 )
             )
             continue

@@ -60,13 +60,14 @@ def generate(client, product, **fields):
     return client.post(BATCH_URL, data)
 
 
-def upload(client, product, content: bytes):
+def upload(client, product, content: bytes, **headers):
     return client.post(
         BATCH_URL,
         {
             "upload-product": product.pk,
             "upload-file": SimpleUploadedFile("devices.csv", content, "text/csv"),
         },
+        **headers,
     )
 
 
@@ -133,9 +134,11 @@ def test_a_csv_with_one_bad_row_creates_nothing_and_names_the_row(owner_client, 
     response = upload(owner_client, product, content)
     assert response.status_code == 200
     html = response.content.decode()
-    assert "Row 4: deviceId &#x27;bad id&#x27; must be 1 to 64 characters" in html
+    assert "Row 4: deviceId &#x27;bad id&#x27; is not allowed: use 1 to 64 characters" in html
     assert Device.objects.count() == 0
     assert RegistrationBatch.objects.count() == 0
+    chinese = upload(owner_client, product, content, HTTP_ACCEPT_LANGUAGE="zh-CN").content.decode()
+    assert "第 4 行：deviceId &#x27;bad id&#x27; 不符合规则" in chinese and "must be" not in chinese
 
 
 def test_a_csv_with_bom_and_names_is_registered(owner_client, product):
