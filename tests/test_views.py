@@ -530,3 +530,17 @@ def test_a_refusal_names_the_permission_and_links_back(client, member, device):
     assert response.status_code == 403
     assert "it needs the permission to view device secrets" in body
     assert "Ask an administrator" in body and 'href="/"' in body
+
+
+def test_an_expired_form_says_to_reload_and_links_back(owner, device):
+    from django.test import Client
+
+    strict = Client(enforce_csrf_checks=True)
+    strict.force_login(owner)
+    response = strict.post(DEVICE_URL + "enabled/", {"enabled": "false"},
+                           HTTP_ACCEPT_LANGUAGE="zh-CN")
+    body = response.content.decode()
+    assert response.status_code == 403
+    assert "重新加载" in body and 'href="/"' in body
+    device.refresh_from_db()
+    assert device.enabled
