@@ -4,8 +4,8 @@ One run, 127.0.0.1, one embedded broker (``manage.py runbroker``, plain TCP, sec
 one ``manage.py db_worker``, on a fresh SQLite database:
 
 * ``enqueue → result``: one check at a time, from ``request_check`` (the row and the task are
-  committed) until the row says succeeded, with the worker's default poll interval (1 s, as
-  ``make run`` starts it) and with ``--interval 0.1``.
+  committed) until the row says succeeded, with the poll interval ``make run`` gives its worker
+  (``--interval 0.2``) and with db_worker's default (1 s).
 * ``one worker``: CHECKS checks queued at once; checks per second until the last one finished.
 * ``run_connection_check loop``: the same check (paho connect, CONNACK, QoS 1 publish, PUBACK,
   disconnect) in a loop in this process, without the queue and the database: what the worker
@@ -128,7 +128,7 @@ def run():
         _wait_listening(broker_port, broker)
 
         # How long a person waits: one check at a time.
-        for interval in (1.0, 0.1):
+        for interval in (0.2, 1.0):
             worker = _start_worker(interval)
             try:
                 waits = []
