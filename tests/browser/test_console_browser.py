@@ -180,3 +180,27 @@ def test_the_panel_works_without_javascript(browser, live_server, owner, doc_dev
             "dc8f8498a1a115b58f6a3afd526bc62a1665bf48")
     finally:
         context.close()
+
+
+def test_a_narrow_screen_never_scrolls_sideways(browser, live_server, owner, doc_device, vectors):
+    """A phone's width: long command lines scroll inside their block, not the page, and the
+    debugger's answer is brought into view after Explain."""
+    v = vector(vectors, "document example")
+    context = browser.new_context(base_url=live_server.url, locale="en-US",
+                                  viewport={"width": 390, "height": 640})
+    try:
+        page = context.new_page()
+        log_in(page, "alice", "alice-password")
+        for url in ("/devices/", "/products/", "/products/pk/devices/device/?panel=1",
+                    "/products/pk/devices/device/?panel=1&clientId=a|b",
+                    "/products/pk/devices/device/debugger/"):
+            page.goto(url)
+            assert page.evaluate("document.documentElement.scrollWidth") <= 390, url
+        page.get_by_label("mqttClientId").fill(v["mqttClientId"])
+        page.get_by_label("mqttPassword").fill(v["mqttPassword"][:-1] + "0")
+        page.get_by_role("button", name="Explain").click()
+        expect(page.locator("#diagnosis-title")).to_be_in_viewport()
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        screenshot(page, "debugger-narrow")
+    finally:
+        context.close()
