@@ -250,6 +250,8 @@ def device_reveal_secret(request, product_id, device_id):
     AuditEvent.record(AuditEvent.Action.REVEAL_SECRET, request.user, [device])
     context = _device_context(request, device)
     context["revealed_secret"] = device.device_secret
+    # Switching the language from here goes back to the device page (this URL is POST-only).
+    context["language_next"] = _detail_url(device)
     return render(request, "devices/device_detail.html", context)
 
 

@@ -135,6 +135,12 @@ def test_revealing_the_secret_shows_it_and_is_audited(client, owner, device):
     assert event.actor == owner and event.targets == ["a1B2c3D4e5F/sensor-001"]
 
 
+def test_switching_language_after_a_reveal_goes_back_to_the_device_page(client, owner, device):
+    client.force_login(owner)
+    body = client.post(DEVICE_URL + "secret/").content.decode()
+    assert f'name="next" value="{DEVICE_URL}"' in body
+
+
 def test_the_secret_cannot_be_revealed_with_a_get(client, owner, device):
     client.force_login(owner)
     assert client.get(DEVICE_URL + "secret/").status_code == 405
