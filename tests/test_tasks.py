@@ -265,6 +265,55 @@ def test_a_broker_that_never_answers_gives_no_connack(
     assert 1000 <= check.latencies["total"] < 3000
 
 
+def test_a_malformed_client_id_is_identifier_rejected_by_the_real_broker(mqtt_broker, device):
+    """The portal never renders such a clientId; a device that builds its own can."""
+    from devices.checks import run_connection_check
+
+    params = device.connection_params(ConnectionOptions(securemode=3))
+    result = run_connection_check(
+        mqtt_broker.host, mqtt_broker.port, "dev-1|securemode=9,signmethod=hmacsha256|",
+        params["mqttUsername"], params["mqttPassword"], topic="/a1B2c3D4e5F/sensor-001/x",
+        timeout=2,
+    )
+    assert (result.outcome, result.connack_code) == (Outcome.REFUSED_IDENTIFIER, 2)
+
+
+def test_a_broker_that_cannot_read_the_registry_is_server_unavailable(
+    mqtt_broker, device, tmp_path
+):
+    """A second broker on a copy of the database whose device table then disappears."""
+    import dataclasses
+    import sqlite3
+
+    from devices.checks import run_connection_check
+    from tests.broker_fixtures import free_port
+
+    copy = tmp_path / "registry.sqlite3"
+    source, target = sqlite3.connect(connection.settings_dict["NAME"]), sqlite3.connect(copy)
+    source.backup(target)  # also what sits in the write-ahead log
+    source.close()
+    target.close()
+    broken = dataclasses.replace(
+        mqtt_broker, port=free_port(), tls_port=free_port(), process=None,
+        log_path=tmp_path / "broken-broker.log", database_name=str(copy),
+    ).start()
+    try:
+        db = sqlite3.connect(copy)
+        db.execute("PRAGMA foreign_keys = OFF")
+        db.execute("DROP TABLE devices_device")
+        db.commit()
+        db.close()
+        params = device.connection_params(ConnectionOptions(securemode=3))
+        result = run_connection_check(
+            broken.host, broken.port, params["mqttClientId"], params["mqttUsername"],
+            params["mqttPassword"], topic="/a1B2c3D4e5F/sensor-001/x", timeout=2,
+        )
+        assert (result.outcome, result.connack_code) == (Outcome.REFUSED_SERVER_UNAVAILABLE, 3)
+        assert "registry unavailable" in broken.log_since(0)
+    finally:
+        broken.stop()
+
+
 # --- a live device ---------------------------------------------------------------------------
 
 
