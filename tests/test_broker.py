@@ -114,6 +114,25 @@ def test_a_bad_signature_is_refused_with_its_reason_and_never_the_password(mqtt_
     assert wrong not in log and SECRET not in log
 
 
+@pytest.mark.parametrize(
+    "case, reason",
+    [("malformed clientId", "bad_securemode"), ("disabled", "device_disabled"),
+     ("securemode on the wrong port", "securemode_mismatch"), ("bad signature", "bad_signature")],
+)
+def test_every_refusal_is_logged_with_its_reason_and_never_a_secret(mqtt_broker, clients, case, reason):
+    device = make_device(enabled=case != "disabled")
+    client_id, username, password = credentials(device, securemode=2 if "port" in case else 3)
+    if case == "malformed clientId":
+        client_id = client_id.replace("securemode=3", "securemode=9")
+    if case == "bad signature":
+        password = credentials(device, secret="not-the-secret")[2]
+    mark = mqtt_broker.log_mark()
+    assert connect(mqtt_broker, clients, (client_id, username, password)).reason_code != ACCEPTED
+    log = mqtt_broker.wait_for_log(mark, reason)
+    assert "Refused CONNECT" in log
+    assert password not in log and SECRET not in log
+
+
 def test_a_disabled_device_is_refused(mqtt_broker, clients):
     device = make_device(enabled=False)
     mark = mqtt_broker.log_mark()
