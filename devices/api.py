@@ -11,11 +11,12 @@ from functools import wraps
 from django.conf import settings
 from django.http import JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
+from django.utils.translation import gettext as _
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods
 
 from .models import ApiToken, ConnectionCheck, Device
-from .options import ConnectionOptions, OptionError
+from .options import QUERY_NAMES, ConnectionOptions, OptionError
 
 SECRET_PERMISSION = "devices.view_device_secret"
 CHECK_PERMISSION = "devices.add_connectioncheck"
@@ -81,6 +82,16 @@ def mqtt_params(request, product_id, device_id):
             "permission_denied",
             "Connection parameters include a password derived from the device secret; "
             "this needs the permission devices.view_device_secret.",
+        )
+    unknown = sorted(set(request.GET) - set(QUERY_NAMES))
+    if unknown:
+        # A misspelt option (clientid, signMethod) would otherwise silently take its default.
+        return error_response(
+            400,
+            "unknown_option",
+            _("Unknown query parameter %(name)s; the options are %(names)s.")
+            % {"name": repr(unknown[0]), "names": ", ".join(QUERY_NAMES)},
+            unknown[0],
         )
     try:
         options = ConnectionOptions.from_query(request.GET)

@@ -13,6 +13,8 @@ from django.utils.translation import gettext as _
 from . import signing
 
 DEFAULT_SIGN_METHOD = "hmacsha256"
+# The query parameters of the options, as the JSON endpoint and the console's form name them.
+QUERY_NAMES = ("securemode", "signmethod", "timestamp", "clientId", "exclusive")
 
 
 class OptionError(ValueError):

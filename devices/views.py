@@ -23,14 +23,13 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from . import debugger
 from .forms import DebuggerForm, DeviceFilterForm
 from .models import AuditEvent, Device, DeviceStatus, Product
-from .options import ConnectionOptions, OptionError
+from .options import QUERY_NAMES, ConnectionOptions, OptionError
 
 SECRET_PERMISSION = "devices.view_device_secret"
 VIEW_PERMISSION = "devices.view_device"
 CHANGE_PERMISSION = "devices.change_device"
 PAGE_SIZE = 50
 # The option names of the parameters panel (the JSON endpoint's query names).
-OPTION_NAMES = ("securemode", "signmethod", "timestamp", "clientId", "exclusive")
 
 
 def devices_visible(view):
@@ -229,7 +228,7 @@ def _device_context(request, device):
 @require_GET
 def device_detail(request, product_id, device_id):
     device = _get_device_for_user(request, product_id, device_id)
-    panel_open = request.GET.get("panel") == "1" or any(n in request.GET for n in OPTION_NAMES)
+    panel_open = request.GET.get("panel") == "1" or any(n in request.GET for n in QUERY_NAMES)
     context = _device_context(request, device)
     if panel_open:
         context.update(_panel_context(request, device))

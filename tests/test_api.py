@@ -188,3 +188,12 @@ def test_an_option_error_is_in_the_language_asked_for_and_still_names_the_field(
     error = owner_client.get(URL, {"securemode": "2"}, HTTP_ACCEPT_LANGUAGE="zh-CN").json()["error"]
     assert error["code"] == "tls_not_configured"
     assert "没有 TLS 监听端口" in error["message"] and "securemode=3" in error["message"]
+
+
+@pytest.mark.parametrize("name", ["clientid", "signMethod", "secureMode"])
+def test_a_misspelt_option_is_a_400_naming_it(owner_client, device, name):
+    response = owner_client.get(URL, {name: "x"})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["field"] == name and error["code"] == "unknown_option"
+    assert "clientId" in error["message"]  # lists the real names
