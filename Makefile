@@ -20,8 +20,8 @@ $(STAMP): requirements.txt
 run: install
 	PORTAL_DEBUG=$${PORTAL_DEBUG:-1} $(PY) manage.py migrate --noinput
 	PORTAL_DEBUG=$${PORTAL_DEBUG:-1} $(PY) manage.py collectstatic --noinput -v0
-	PORTAL_DEBUG=$${PORTAL_DEBUG:-1} PORTAL_MQTT_TLS_PORT=$${PORTAL_MQTT_TLS_PORT:-8883} $(PY) manage.py setupportal
-	PORTAL_DEBUG=$${PORTAL_DEBUG:-1} PORTAL_MQTT_TLS_PORT=$${PORTAL_MQTT_TLS_PORT:-8883} $(PY) manage.py runportal
+	PORTAL_DEBUG=$${PORTAL_DEBUG:-1} PORTAL_MQTT_TLS_PORT=$${PORTAL_MQTT_TLS_PORT-8883} $(PY) manage.py setupportal
+	PORTAL_DEBUG=$${PORTAL_DEBUG:-1} PORTAL_MQTT_TLS_PORT=$${PORTAL_MQTT_TLS_PORT-8883} $(PY) manage.py runportal
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
