@@ -41,6 +41,13 @@ def owner(django_user_model):
 
 
 @pytest.fixture
+def owner_client(client, owner):
+    """The test client, logged in as the owner."""
+    client.force_login(owner)
+    return client
+
+
+@pytest.fixture
 def member(django_user_model):
     """Logged-in user who may see devices but not their secrets."""
     user = django_user_model.objects.create_user("bob", password="bob-password")

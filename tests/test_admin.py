@@ -20,15 +20,6 @@ BATCH_URL = "/admin/devices/device/batch/"
 CHANGELIST_URL = "/admin/devices/device/"
 
 
-@pytest.fixture(autouse=True)
-def plain_static_storage(settings):
-    """Admin pages use {% static %}; the manifest storage of production needs collectstatic."""
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
-    }
-
-
 @pytest.fixture
 def staff_without_secrets(django_user_model):
     """Staff who may manage devices but not see their secrets."""
@@ -39,12 +30,6 @@ def staff_without_secrets(django_user_model):
         )
     )
     return django_user_model.objects.get(pk=user.pk)
-
-
-@pytest.fixture
-def owner_client(client, owner):
-    client.force_login(owner)
-    return client
 
 
 def generate(client, product, **fields):

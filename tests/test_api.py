@@ -16,12 +16,6 @@ def broker_settings(settings):
     settings.MQTT_TLS_PORT = 8883
 
 
-@pytest.fixture
-def owner_client(client, owner):
-    client.force_login(owner)
-    return client
-
-
 def test_it_gives_the_vector_fields_for_the_vector_options(owner_client, device):
     response = owner_client.get(
         URL,

@@ -14,14 +14,6 @@ from tests.test_tasks import start_worker, wait_finished  # noqa: F401
 CHANGELIST_URL = "/admin/devices/device/"
 
 
-@pytest.fixture(autouse=True)
-def plain_static_storage(settings):
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
-    }
-
-
 @pytest.fixture
 def devices(product):
     return [

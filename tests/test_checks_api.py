@@ -15,15 +15,6 @@ from tests.test_checks import free_port
 URL = "/api/v1/products/a1B2c3D4e5F/devices/sensor-001/checks"
 
 
-@pytest.fixture(autouse=True)
-def plain_static_files(settings):
-    """Pages use {% static %}; the manifest storage of production needs collectstatic."""
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
-    }
-
-
 @pytest.fixture
 def token(owner):
     return ApiToken.issue(owner)[1]

@@ -17,12 +17,8 @@ SECRET = "Xk9fPq2LmN7rT4vW8yZ1aB3cD5eF6gH0"
 
 
 @pytest.fixture(autouse=True)
-def plain_static(settings):
-    """Pages use {% static %}; the manifest storage of production needs collectstatic."""
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
-    }
+def broker_address(settings):
+    """A broker address of our choosing (tests/settings.py already serves plain static files)."""
     settings.MQTT_TLS_PORT = None
     settings.MQTT_HOST = "mqtt.example.com"
     settings.MQTT_PORT = 1883

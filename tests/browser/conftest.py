@@ -44,11 +44,7 @@ def browser():
 
 @pytest.fixture(autouse=True)
 def console_settings(settings):
-    """Plain static files (no collectstatic) and a broker address of our choosing."""
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
-    }
+    """A broker address of our choosing (tests/settings.py already serves plain static files)."""
     settings.MQTT_TLS_PORT = None
     settings.MQTT_HOST = "mqtt.example.com"
     settings.MQTT_PORT = 1883
