@@ -507,8 +507,22 @@ class ProductFilter(admin.RelatedFieldListFilter):
         self.title = _("product")
 
 
+class RecordAdmin(admin.ModelAdmin):
+    """A record of what happened (a batch, an audit event): read here, never added, edited or
+    deleted, so that the trail stays true."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(RegistrationBatch)
-class RegistrationBatchAdmin(admin.ModelAdmin):
+class RegistrationBatchAdmin(RecordAdmin):
     # Display methods rather than the bare fields: the model's fields carry no translated names.
     list_display = [
         "number",
@@ -552,15 +566,6 @@ class RegistrationBatchAdmin(admin.ModelAdmin):
     def registered_at(self, obj):
         return obj.created_at
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
     @admin.display(description=_("credentials"))
     def credentials(self, obj):
         return format_html(
@@ -571,7 +576,7 @@ class RegistrationBatchAdmin(admin.ModelAdmin):
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
+class AuditEventAdmin(RecordAdmin):
     list_display = [
         "created_at",
         "action",
@@ -584,15 +589,6 @@ class AuditEventAdmin(admin.ModelAdmin):
     search_fields = ["actor_name", "targets"]
     date_hierarchy = "created_at"
     show_full_result_count = False
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     @admin.display(description=_("which devices"))
     def targets_summary(self, obj):
