@@ -18,12 +18,11 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench.harness import ROOT, connect_packet, free_port, set_up_django, stop, wait_listening
+
 CONNECTIONS = int(os.environ.get("BENCH_BROKER_CONNECTIONS", "1000"))
 THREADS = int(os.environ.get("BENCH_BROKER_THREADS", "4"))
 SECRET = "bench-secret-0123456789abcdefABCD"
@@ -39,44 +38,6 @@ async def main():
     await asyncio.Event().wait()
 asyncio.run(main())
 """
-
-
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _string(value: str) -> bytes:
-    data = value.encode()
-    return len(data).to_bytes(2, "big") + data
-
-
-def _remaining_length(length):
-    out = bytearray()
-    while True:
-        length, digit = divmod(length, 128)
-        out.append(digit | (0x80 if length else 0))
-        if not length:
-            return bytes(out)
-
-
-def connect_packet(client_id, username, password):
-    body = b"\x00\x04MQTT\x04\xc2\x00\x3c" + _string(client_id) + _string(username) + _string(password)
-    return b"\x10" + _remaining_length(len(body)) + body
-
-
-def _wait_listening(port, process, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError("broker exited early")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("broker did not start")
 
 
 def measure(port, packets, connections=CONNECTIONS):
@@ -133,20 +94,10 @@ def _rows(mode, rate, latencies, failures):
 
 
 def run():
-    data_dir = tempfile.mkdtemp(prefix="bench-broker-")
-    os.environ.update({"PORTAL_DEBUG": "1", "PORTAL_DATA_DIR": data_dir,
-                       "DJANGO_SETTINGS_MODULE": "portal.settings", "PORTAL_LOG_LEVEL": "WARNING"})
-    os.environ.pop("DATABASE_URL", None)
-    sys.path.insert(0, str(ROOT))
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
+    set_up_django("bench-broker-")
     from devices import signing
     from devices.models import Device, Product
 
-    call_command("migrate", verbosity=0)
     product = Product.objects.create(product_id="bench", name="Benchmark")
     packets = []
     for index in range(THREADS):
@@ -163,7 +114,7 @@ def run():
         ("plain amqtt (anonymous)", None, {}),
     ]
     for mode, command, extra_env in modes:
-        port = _free_port()
+        port = free_port()
         if command is None:
             command = [sys.executable, "-c", PLAIN_AMQTT % port]
         else:
@@ -172,11 +123,10 @@ def run():
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
         try:
-            _wait_listening(port, process)
+            wait_listening(port, process)
             measure(port, packets[:1], 20)  # warm-up: imports, first DB connections
             rate, latencies, failures = measure(port, packets)
         finally:
-            process.terminate()
-            process.wait(10)
+            stop(process)
         rows += _rows(mode, rate, latencies, failures)
     return rows

@@ -16,37 +16,16 @@ one ``manage.py db_worker``, on a fresh SQLite database:
 from __future__ import annotations
 
 import os
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench.harness import ROOT, free_port, set_up_django, stop, wait_listening
+
 CHECKS = int(os.environ.get("BENCH_CHECKS", "200"))
 SAMPLES = int(os.environ.get("BENCH_CHECK_SAMPLES", "15"))
 DEVICES = 20
-
-
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_listening(port, process, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError("broker exited early")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("broker did not start")
 
 
 def _start_worker(interval):
@@ -57,15 +36,6 @@ def _start_worker(interval):
     )
     time.sleep(1.5)  # Django start-up and the worker's random start-up delay (< 1 s)
     return process
-
-
-def _stop(process):
-    process.terminate()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def _wait_done(checks, timeout=120):
@@ -93,20 +63,10 @@ def _latency_rows(label, seconds, extra):
 
 
 def run():
-    data_dir = tempfile.mkdtemp(prefix="bench-checks-")
-    broker_port = _free_port()
-    os.environ.update({
-        "PORTAL_DEBUG": "1", "PORTAL_DATA_DIR": data_dir, "DJANGO_SETTINGS_MODULE": "portal.settings",
-        "PORTAL_LOG_LEVEL": "WARNING", "PORTAL_MQTT_HOST": "127.0.0.1",
-        "PORTAL_MQTT_PORT": str(broker_port), "PORTAL_MQTT_TLS_PORT": "",
-    })
-    os.environ.pop("DATABASE_URL", None)
-    sys.path.insert(0, str(ROOT))
-    import django
-
-    django.setup()
+    broker_port = free_port()
+    set_up_django("bench-checks-", PORTAL_MQTT_HOST="127.0.0.1",
+                  PORTAL_MQTT_PORT=str(broker_port), PORTAL_MQTT_TLS_PORT="")
     import paho.mqtt.client as mqtt
-    from django.core.management import call_command
     from paho.mqtt.enums import CallbackAPIVersion
 
     from devices.checks import Outcome, run_connection_check
@@ -114,7 +74,6 @@ def run():
     from devices.options import ConnectionOptions
     from devices.tasks import CHECK_TOPIC, request_check
 
-    call_command("migrate", verbosity=0)
     product = Product.objects.create(product_id="bench", name="Benchmark")
     devices = [Device.objects.create(product=product, device_id=f"dev-{i}") for i in range(DEVICES)]
 
@@ -125,7 +84,7 @@ def run():
     )
     rows = []
     try:
-        _wait_listening(broker_port, broker)
+        wait_listening(broker_port, broker)
 
         # How long a person waits: one check at a time.
         for interval in (0.2, 1.0):
@@ -142,7 +101,7 @@ def run():
                 rows += _latency_rows(f"check, worker --interval {interval:g}", waits,
                                       {"samples": SAMPLES})
             finally:
-                _stop(worker)
+                stop(worker)
 
         # Throughput of one worker.
         worker = _start_worker(0.1)
@@ -153,7 +112,7 @@ def run():
             done = _wait_done(checks, timeout=600)
             elapsed = time.perf_counter() - started
         finally:
-            _stop(worker)
+            stop(worker)
         failures = sum(1 for c in done if c.outcome != Outcome.ACCEPTED)
         rows.append({"benchmark": "one db_worker", "metric": "checks per second", "unit": "1/s",
                      "value": CHECKS / elapsed, "checks": CHECKS, "failures": failures,
@@ -195,5 +154,5 @@ def run():
                      "unit": "1/s", "value": CHECKS / (time.perf_counter() - started),
                      "connects": CHECKS, "failures": failures})
     finally:
-        _stop(broker)
+        stop(broker)
     return rows

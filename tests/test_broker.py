@@ -6,6 +6,7 @@ import time
 import paho.mqtt.client as mqtt
 import pytest
 
+from bench.harness import connect_packet
 from devices import signing
 from devices.models import Device, DeviceStatus, Product
 from tests.broker_fixtures import MqttTestClient
@@ -386,24 +387,11 @@ def test_a_broker_killed_while_a_device_is_online_leaves_no_device_shown_online(
     assert wait_until(lambda: status_of(device) == DeviceStatus.ONLINE)
 
 
-def _remaining_length(length):
-    encoded = bytearray()
-    while True:
-        length, digit = divmod(length, 128)
-        encoded.append(digit | (0x80 if length else 0))
-        if not length:
-            return bytes(encoded)
-
-
 def test_a_silent_client_is_dropped_after_one_and_a_half_keepalives(mqtt_broker):
     """A device that vanished (no FIN) must go offline: a raw CONNECT with keep-alive 1 s."""
     device = make_device()
-    client_id, username, password = (s.encode() for s in credentials(device))
-    variable = b"\x00\x04MQTT\x04\xc2\x00\x01"  # username+password+clean, keep-alive 1 s
-    payload = b"".join(len(s).to_bytes(2, "big") + s for s in (client_id, username, password))
-    body = variable + payload
     with socket.create_connection((mqtt_broker.host, mqtt_broker.port), timeout=5) as sock:
-        sock.sendall(b"\x10" + _remaining_length(len(body)) + body)
+        sock.sendall(connect_packet(*credentials(device), keepalive=1))
         assert sock.recv(4) == b"\x20\x02\x00\x00"
         started = time.monotonic()
         assert sock.recv(1) == b""  # closed by the broker, not by us
