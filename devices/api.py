@@ -61,21 +61,28 @@ def api_auth(view):
     return csrf_exempt(wrapper)
 
 
-def _get_device(request, product_id, device_id):
-    try:
-        return Device.objects.for_user(request.user).lookup(product_id, device_id)
-    except Device.DoesNotExist:
-        return None
+def _with_device(view):
+    """Calls ``view(request, device)`` with the device the URL names, or answers 404 when it is
+    unknown or the user may not see it (the two look the same). Goes below ``api_auth``, so that
+    the 404 comes after the 401 and before any 403."""
+
+    @wraps(view)
+    def wrapper(request, product_id, device_id):
+        try:
+            device = Device.objects.for_user(request.user).lookup(product_id, device_id)
+        except Device.DoesNotExist:
+            return error_response(
+                404, "not_found", f"No device {device_id!r} in product {product_id!r}.", None
+            )
+        return view(request, device)
+
+    return wrapper
 
 
 @require_GET
 @api_auth
-def mqtt_params(request, product_id, device_id):
-    device = _get_device(request, product_id, device_id)
-    if device is None:
-        return error_response(
-            404, "not_found", f"No device {device_id!r} in product {product_id!r}.", None
-        )
+@_with_device
+def mqtt_params(request, device):
     if not request.user.has_perm(SECRET_PERMISSION):
         return error_response(
             403,
@@ -161,15 +168,11 @@ def _parse_check_body(request):
 
 @require_http_methods(["GET", "POST"])
 @api_auth
-def device_checks(request, product_id, device_id):
+@_with_device
+def device_checks(request, device):
     """GET: the device's latest checks. POST: queue a connection check (202)."""
     from .tasks import DeviceOnlineError, request_check
 
-    device = _get_device(request, product_id, device_id)
-    if device is None:
-        return error_response(
-            404, "not_found", f"No device {device_id!r} in product {product_id!r}.", None
-        )
     if request.method == "GET":
         ConnectionCheck.objects.reap_stale()
         checks = device.checks.select_related("device__product", "requested_by")
