@@ -358,9 +358,6 @@ def _process_alive(pid):
 
 
 class ConnectionCheckQuerySet(models.QuerySet):
-    def in_progress(self):
-        return self.filter(status__in=[CheckStatus.QUEUED, CheckStatus.RUNNING])
-
     def reap_stale(self, now=None):
         """Mark failed ("interrupted") the running checks whose worker died: at once when that
         worker ran on this host and its process is gone, else once older than the longest a
