@@ -18,6 +18,7 @@ from cryptography.x509.oid import NameOID
 from django.utils import translation
 
 from devices.checks import Outcome, connack_outcome, outcome_text, run_connection_check
+from tests.broker_fixtures import free_port
 
 TOPIC = "/a1B2c3D4e5F/sensor-001/user/portal-check"
 
@@ -60,14 +61,17 @@ class SilentServer:
             except OSError:
                 return
             self.accepted += 1
-            if self.tls_context is not None:
-                try:
-                    conn.settimeout(5)
-                    conn = self.tls_context.wrap_socket(conn, server_side=True)
-                except (OSError, ssl.SSLError):
-                    conn.close()
-                    continue
-            self.held.append(conn)  # keep it open, say nothing
+            self._handle(conn)
+
+    def _handle(self, conn):
+        if self.tls_context is not None:
+            try:
+                conn.settimeout(5)
+                conn = self.tls_context.wrap_socket(conn, server_side=True)
+            except (OSError, ssl.SSLError):
+                conn.close()
+                return
+        self.held.append(conn)  # keep it open, say nothing
 
     def close(self):
         self.stopped = True
@@ -80,15 +84,9 @@ class ConnackOnlyServer(SilentServer):
     """Answers any CONNECT with "accepted" (3.1.1 CONNACK 0x20 0x02 0x00 0x00), then reads and
     never acknowledges anything: a broker that stops answering after the handshake."""
 
-    def _serve(self):
-        while not self.stopped:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            self.held.append(conn)
-            threading.Thread(target=self._talk, args=(conn,), daemon=True).start()
+    def _handle(self, conn):
+        self.held.append(conn)
+        threading.Thread(target=self._talk, args=(conn,), daemon=True).start()
 
     def _talk(self, conn):
         try:
@@ -99,13 +97,6 @@ class ConnackOnlyServer(SilentServer):
                 pass
         except OSError:
             pass
-
-
-def free_port():
-    """A port on 127.0.0.1 that nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def make_ca(name):

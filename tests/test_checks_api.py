@@ -10,7 +10,7 @@ import pytest
 from django.test import override_settings
 
 from devices.models import ApiToken, CheckStatus, ConnectionCheck, DeviceStatus
-from tests.test_checks import free_port
+from tests.broker_fixtures import free_port
 
 URL = "/api/v1/products/a1B2c3D4e5F/devices/sensor-001/checks"
 

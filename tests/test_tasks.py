@@ -26,9 +26,13 @@ from devices.checks import Outcome
 from devices.models import CheckStatus, ConnectionCheck, Device, DeviceStatus
 from devices.options import ConnectionOptions
 from devices.tasks import DeviceOnlineError, request_check
-from tests.broker_fixtures import BrokerProcess, _mqtt_broker_process, mqtt_broker  # noqa: F401
-from tests.test_checks import (  # noqa: F401
+from tests.broker_fixtures import (  # noqa: F401
+    BrokerProcess,
+    _mqtt_broker_process,
     free_port,
+    mqtt_broker,
+)
+from tests.test_checks import (  # noqa: F401
     make_ca,
     silent_server,
     write_ca,
@@ -286,7 +290,6 @@ def test_a_broker_that_cannot_read_the_registry_is_server_unavailable(
     import sqlite3
 
     from devices.checks import run_connection_check
-    from tests.broker_fixtures import free_port
 
     copy = tmp_path / "registry.sqlite3"
     source, target = sqlite3.connect(connection.settings_dict["NAME"]), sqlite3.connect(copy)
