@@ -20,6 +20,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from . import signing, verifier
+from .api import error_response
 
 logger = logging.getLogger("devices.hooks")
 
@@ -35,23 +36,19 @@ class HookInputError(ValueError):
         self.message = message
 
 
-def _error(status, code, message, field=None):
-    return JsonResponse({"error": {"code": code, "message": message, "field": field}}, status=status)
-
-
 def _token_problem(request):
     """A refusal response when the bearer token is missing or wrong, else None."""
     expected = settings.BROKER_HOOK_TOKEN
     if not expected:
-        return _error(
+        return error_response(
             403, "hooks_disabled",
             "PORTAL_BROKER_HOOK_TOKEN is not set on the portal, so every hook call is refused.",
         )
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not given:
-        return _error(401, "missing_token", "Send Authorization: Bearer <PORTAL_BROKER_HOOK_TOKEN>.")
+        return error_response(401, "missing_token", "Send Authorization: Bearer <PORTAL_BROKER_HOOK_TOKEN>.")
     if not hmac.compare_digest(given.strip().encode(), expected.encode()):
-        return _error(401, "wrong_token", "The bearer token is not PORTAL_BROKER_HOOK_TOKEN.")
+        return error_response(401, "wrong_token", "The bearer token is not PORTAL_BROKER_HOOK_TOKEN.")
     return None
 
 
@@ -67,20 +64,20 @@ def broker_hook(view):
         try:
             raw = request.body
         except RequestDataTooBig:
-            return _error(
+            return error_response(
                 413, "body_too_large",
                 f"The body must be at most {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes.",
             )
         try:
             body = json.loads(raw or b"")
         except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: deep nesting
-            return _error(400, "malformed_json", "The body must be a JSON object.")
+            return error_response(400, "malformed_json", "The body must be a JSON object.")
         if not isinstance(body, dict):
-            return _error(400, "malformed_json", "The body must be a JSON object.")
+            return error_response(400, "malformed_json", "The body must be a JSON object.")
         try:
             return view(request, body)
         except HookInputError as error:
-            return _error(400, "invalid_field", error.message, error.field)
+            return error_response(400, "invalid_field", error.message, error.field)
 
     wrapper.__name__ = view.__name__
     wrapper.__doc__ = view.__doc__
