@@ -297,6 +297,14 @@ def diagnose(
                      "the portal writes lowercase."), "mqttPassword")
 
     result.accepted = signing.password_matches(parsed, secret, password)
+    if result.accepted and result.errors:
+        # The signature is right but the broker still refuses the CONNECT as sent (e.g. the
+        # missing '|' looked past above): saying "accepts" here would contradict that problem.
+        result.add(OK, "accepted",
+                   _("The password matches this device's secret. Fix the problem above and the "
+                     "broker accepts these fields (if the device is enabled and uses the right "
+                     "port)."), "mqttPassword")
+        return result
     if result.accepted:
         result.add(OK, "accepted",
                    _("The password matches this device's secret: the broker accepts these fields "

@@ -488,6 +488,35 @@ def test_the_debugger_accepts_right_fields(client, owner, device, vectors):
     assert 'data-code="accepted"' in body and 'class="matched"' in body
 
 
+def test_a_missing_trailing_pipe_is_not_headed_accepted(client, owner, device, vectors):
+    """The broker refuses an mqttClientId without its closing '|' even when the password is
+    right, so the page must lead with the problem, not "Accepted" (seen in a walk-through)."""
+    v = render_vector(vectors, "hmacmd5 over TLS")
+    client.force_login(owner)
+    body = client.post(DEVICE_URL + "debugger/", {
+        "mqtt_client_id": v["mqttClientId"][:-1], "mqtt_username": v["mqttUsername"],
+        "mqtt_password": v["mqttPassword"]}, HTTP_ACCEPT_LANGUAGE="zh-CN").content.decode()
+    heading = re.search(r'<h2 id="diagnosis-title">(.*?)</h2>', body).group(1)
+    assert heading == "问题所在"
+    assert 'data-code="missing_trailing_pipe"' in body
+    assert "改正上面的问题后" in body and "代理服务器会接受这些字段" not in body
+
+
+def test_a_finding_about_the_signed_content_names_the_field_in_the_readers_language(
+        client, owner, device, vectors):
+    from devices.signing import sign
+
+    v = render_vector(vectors, "hmacmd5 over TLS")
+    wrong_content = v["content"].lower()  # the planted mistake: the device signed in lowercase
+    client.force_login(owner)
+    body = client.post(DEVICE_URL + "debugger/", {
+        "mqtt_client_id": v["mqttClientId"], "mqtt_username": v["mqttUsername"],
+        "mqtt_password": sign(SECRET, wrong_content, "hmacmd5"), "content": wrong_content},
+        HTTP_ACCEPT_LANGUAGE="zh-CN").content.decode()
+    chips = re.findall(r'<span class="finding-field[^"]*">([^<]*)</span>', body)
+    assert "content" not in chips and "设备签名的内容" in chips
+
+
 def test_the_debugger_asks_for_the_mqttclientid(client, owner, device):
     client.force_login(owner)
     response = client.post(DEVICE_URL + "debugger/", {"mqtt_client_id": ""})
