@@ -149,10 +149,6 @@ class Device(models.Model):
         super().save(*args, **kwargs)
 
     @property
-    def product_key(self):
-        return self.product.product_id
-
-    @property
     def masked_secret(self):
         return "•" * 8 + self.device_secret[-4:] if self.device_secret else ""
 
