@@ -369,6 +369,24 @@ def test_disable_and_enable(client, owner, device):
     assert device.enabled is True
 
 
+def test_a_disabled_devices_check_panel_says_the_check_will_fail(client, owner, device):
+    client.force_login(owner)
+    assert 'id="check-disabled-warning"' not in client.get(DEVICE_URL).content.decode()
+    client.post(DEVICE_URL + "enabled/", {"enabled": "false"})
+    page = client.get(DEVICE_URL, HTTP_ACCEPT_LANGUAGE="zh-CN").content.decode()
+    warning = re.search(r'id="check-disabled-warning"[^>]*>(.*?)</p>', page, re.S).group(1)
+    assert "该设备已禁用" in warning and "请先启用设备" in warning
+
+
+def test_the_check_history_and_its_script_texts_are_in_chinese(client, owner, device):
+    client.force_login(owner)
+    page = client.get(DEVICE_URL, HTTP_ACCEPT_LANGUAGE="zh-CN").content.decode()
+    assert '<th scope="col">排队时间</th>' in page  # when it was queued, not "排队中" (queuing)
+    for name, text in [("status-queued", "排队中"), ("status-running", "运行中"),
+                       ("detail", "技术细节：")]:
+        assert f'data-text-{name}="{text}"' in page
+
+
 # -- lists ------------------------------------------------------------------------------------
 
 

@@ -52,7 +52,8 @@
     var lines = [el("p", "check-message",
       (check.status === "succeeded" ? text.textSucceeded : text.textFailed) + " — " + check.reason)];
     if (check.hint) lines.push(el("p", "check-hint", check.hint));
-    if (check.detail) lines.push(el("p", "check-hint muted", check.detail));
+    // The detail is the raw technical cause (library or broker wording, not translated): labelled so.
+    if (check.detail) lines.push(el("p", "check-hint muted", text.textDetail + " " + check.detail));
     if (facts.length) lines.push(el("p", "check-facts mono", facts.join("  ·  ")));
     show(check.status, lines);
   }
@@ -68,15 +69,17 @@
       var row = el("tr");
       row.dataset.checkId = check.id;
       row.dataset.status = check.status;
-      var when = new Date(check.queuedAt);
-      var time = el("time", null, isNaN(when) ? check.queuedAt : when.toLocaleString());
+      // Written as the server writes the rows it renders (Y-m-d H:i:s in the portal's time zone,
+      // which the API's ISO time carries), so refreshed rows match the others.
+      var time = el("time", null, String(check.queuedAt || "").slice(0, 19).replace("T", " "));
       time.setAttribute("datetime", check.queuedAt);
       var cell = el("td");
       cell.appendChild(time);
       row.appendChild(cell);
       var status = el("td");
       status.appendChild(el("span", "badge " + badgeClass(check.status),
-        check.status === "succeeded" ? text.textSucceeded : check.status === "failed" ? text.textFailed : check.status));
+        check.status === "succeeded" ? text.textSucceeded : check.status === "failed" ? text.textFailed :
+          check.status === "queued" ? text.textStatusQueued : text.textStatusRunning));
       row.appendChild(status);
       var result = el("td", null, check.reason || "—");
       if (check.detail) result.appendChild(el("span", "muted", " (" + check.detail + ")"));

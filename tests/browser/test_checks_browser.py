@@ -1,6 +1,7 @@
 # ruff: noqa: F811 (fixtures imported from other test modules are used as arguments)
 """Pressing "Test connection" in a real browser, with a real broker and a real db_worker."""
 
+import re
 import time
 
 from playwright.sync_api import expect
@@ -42,8 +43,12 @@ def test_pressing_test_connection_shows_the_result_without_a_reload(
     result, _ = press_and_wait(page, "failed")
     expect(result).to_contain_text("Refused by the broker: not authorized.")
     expect(result).to_contain_text("check that the device is enabled")
+    expect(result).to_contain_text("Technical detail: CONNACK code 5")  # raw cause, labelled
     expect(page.locator("#check-history tbody tr")).to_have_count(2)
     expect(page.locator("#check-history tbody tr").first).to_have_attribute("data-status", "failed")
+    # Rows the script refreshed read like the rows the server rendered (Y-m-d H:i:s).
+    expect(page.locator("#check-history tbody tr time").first).to_have_text(
+        re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$"))
     assert page.evaluate("window.notReloaded") is True
     screenshot(page, "check-failed")
 
