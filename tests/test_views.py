@@ -387,6 +387,14 @@ def test_the_check_history_and_its_script_texts_are_in_chinese(client, owner, de
         assert f'data-text-{name}="{text}"' in page
 
 
+def test_the_admin_is_named_for_the_portal_and_keeps_status_badges_on_one_line(owner_client, device):
+    page = owner_client.get("/admin/devices/device/", HTTP_ACCEPT_LANGUAGE="zh-CN").content.decode()
+    assert "设备门户管理后台" in page and "Django 管理" not in page
+    # The status badge broke one character a line ("未/激/活") in the narrow column.
+    assert "td.field-status_badge span { white-space: nowrap; }" in page
+    assert 'class="field-status_badge"' in page
+
+
 # -- lists ------------------------------------------------------------------------------------
 
 
