@@ -24,6 +24,16 @@ BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 RESULTS = BENCH_DIR / "results.json"
 MARKER = "BENCH-RESULT "
+# Speed is judged as a ratio against a baseline measured in the same run on the same machine:
+# (benchmark, metric) over (baseline benchmark, metric).
+RATIOS = [
+    (("portal broker", "connects per second"), ("plain amqtt (anonymous)", "connects per second")),
+    (("portal broker, cache off", "connects per second"),
+     ("plain amqtt (anonymous)", "connects per second")),
+    (("one db_worker", "checks per second"), ("bare paho connect loop", "connects per second")),
+    (("run_connection_check loop", "checks per second"),
+     ("bare paho connect loop", "connects per second")),
+]
 
 
 def modules(selected):
@@ -57,10 +67,23 @@ def run_isolated(name):
     return json.loads(lines[-1][len(MARKER):])
 
 
+def ratio_rows(rows):
+    """Each RATIOS pair whose two sides were measured in this run, as a row of its own."""
+    values = {(r.get("benchmark"), r.get("metric")): r.get("value") for r in rows}
+    out = []
+    for (name, metric), (base, base_metric) in RATIOS:
+        value, baseline = values.get((name, metric)), values.get((base, base_metric))
+        if value and baseline:
+            out.append({"benchmark": f"{name} / {base}", "metric": metric.split(" per ")[0]
+                        + " per second, ratio", "value": value / baseline, "unit": "x"})
+    return out
+
+
 def table(rows):
     headers = ("benchmark", "metric", "value", "unit")
     cells = [[str(r.get("benchmark", "")), str(r.get("metric", "")),
-              "-" if r.get("value") is None else f"{r['value']:,.1f}", str(r.get("unit", ""))]
+              "-" if r.get("value") is None
+              else f"{r['value']:,.2f}" if r.get("unit") == "x" else f"{r['value']:,.1f}", str(r.get("unit", ""))]
              for r in rows]
     widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h)
               for i, h in enumerate(headers)]
@@ -88,6 +111,9 @@ def main():
         rows = run_isolated(name)
         results["results"][name] = rows
         all_rows += rows
+    ratios = ratio_rows(all_rows)
+    results["ratios"] = ratios
+    all_rows += ratios
     results["machine"] = {"python": platform.python_version(), "platform": platform.platform(),
                           "cpus": os.cpu_count()}
     results["updated_at"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
