@@ -15,7 +15,7 @@ from django.views.decorators.http import require_POST
 
 from .checks import DEFAULT_PROTOCOL
 from .models import Device
-from .options import ConnectionOptions, OptionError
+from .options import QUERY_NAMES, ConnectionOptions, OptionError
 from .tasks import DeviceOnlineError, request_check
 
 CHECK_PERMISSION = "devices.add_connectioncheck"
@@ -32,7 +32,7 @@ def device_run_check(request, product_id, device_id):
         raise PermissionDenied(_("Testing a connection needs the permission to add checks."))
     page = reverse("device-detail", args=[product_id, device_id]) + "#checks"
     try:
-        options = ConnectionOptions.from_query({"securemode": request.POST.get("securemode")})
+        options = ConnectionOptions.from_query({name: request.POST.get(name) for name in QUERY_NAMES})
         check = request_check(
             device,
             options=options,

@@ -212,6 +212,21 @@ def test_the_form_without_javascript_queues_a_check_and_returns_to_the_page(
     assert "queued" in page and "TCP connection refused" in page
 
 
+def test_the_form_without_javascript_tests_the_options_the_panel_shows(
+    client, device, owner, closed_broker_port, django_capture_on_commit_callbacks
+):
+    client.force_login(owner)
+    page = client.get(PAGE, {"securemode": "3", "signmethod": "hmacmd5", "clientId": "c-9"})
+    html = page.content.decode()
+    assert '<input type="hidden" name="clientId" value="c-9">' in html
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(PAGE + "checks/", {"protocol": "3.1.1", "securemode": "3",
+                                       "signmethod": "hmacmd5", "clientId": "c-9"})
+    options = ConnectionCheck.objects.get().options
+    assert (options["securemode"], options["signmethod"], options["clientId"]) == (
+        "3", "hmacmd5", "c-9")
+
+
 def test_the_form_refuses_an_online_device_without_the_checkbox(
     client, device, owner, closed_broker_port
 ):

@@ -9,6 +9,7 @@ from django.urls import reverse
 
 from devices.checks import PROTOCOLS
 from devices.models import ConnectionCheck, DeviceStatus
+from devices.options import QUERY_NAMES
 
 register = template.Library()
 
@@ -30,6 +31,11 @@ def check_panel(context, device):
         "online": device.status == DeviceStatus.ONLINE,
         "protocols": list(PROTOCOLS),
         "tls_available": bool(settings.MQTT_TLS_PORT),
+        # The panel's options as the page was asked for, so that the form without JavaScript
+        # tests what the panel shows (checks.js reads the panel's live values instead).
+        "options": [
+            (name, request.GET[name]) for name in QUERY_NAMES if request and request.GET.get(name)
+        ],
         "api_url": reverse("api-device-checks", args=[product_id, device_id]),
         "form_url": reverse("device-run-check", args=[product_id, device_id]),
         "check_url_base": reverse("api-check", args=[0])[:-1],

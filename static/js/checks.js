@@ -12,6 +12,7 @@
   if (!section || !form || !box || !window.fetch) return;
   var button = document.getElementById("check-button");
   var text = section.dataset;
+  var OPTION_NAMES = ["securemode", "signmethod", "timestamp", "clientId", "exclusive"];
   var POLL_MS = 300;
   var STUCK_MS = 10000;
 
@@ -125,7 +126,20 @@
 
   function start(force) {
     var body = { protocol: form.elements.protocol.value };
-    if (form.elements.securemode) body.securemode = form.elements.securemode.value;
+    // Test what the parameters panel shows: its live options when it is open, else the
+    // options the page was asked for (hidden fields), else the defaults.
+    OPTION_NAMES.forEach(function (name) {
+      if (form.elements[name] && form.elements[name].value) body[name] = form.elements[name].value;
+    });
+    var panel = document.getElementById("params-options");
+    if (panel) {
+      OPTION_NAMES.forEach(function (name) {
+        var field = panel.elements[name];
+        if (!field) return;
+        var value = field.type === "checkbox" ? (field.checked ? "true" : "false") : field.value;
+        if (value) body[name] = value; else delete body[name];
+      });
+    }
     if (force) body.force = true;
     button.disabled = true;
     return fetch(text.apiUrl, {

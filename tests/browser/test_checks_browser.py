@@ -89,3 +89,21 @@ def test_it_works_in_chinese(page, mqtt_broker, start_worker, device, owner):
     page.get_by_role("button", name="测试连接").click()
     result = page.locator('#check-result[data-status="failed"]')
     expect(result).to_contain_text("代理服务器拒绝：未授权。", timeout=15000)
+
+
+def test_the_check_uses_the_options_chosen_in_the_panel(
+    page, mqtt_broker, start_worker, device, owner
+):
+    start_worker(mqtt_broker)
+    log_in(page, "alice", "alice-password")
+    page.goto(PAGE)
+    page.get_by_role("button", name="MQTT connection parameters").first.click()
+    page.get_by_label("Plain TCP").check()
+    page.locator("#opt-signmethod").select_option("hmacmd5")
+    page.locator("#opt-clientId").fill("bench-7")
+    expect(page.locator('[data-param="mqttClientId"]')).to_contain_text(
+        "bench-7|securemode=3,signmethod=hmacmd5")
+    press_and_wait(page, "succeeded")
+    check = device.checks.get()
+    assert (check.options["securemode"], check.options["signmethod"], check.options["clientId"]) == (
+        "3", "hmacmd5", "bench-7")
