@@ -114,6 +114,9 @@ def test_the_console_has_no_serious_violations(page, axe, owner, device):
     page.get_by_role("button", name="Explain").click()
     expect(page.locator("#diagnosis-title")).to_have_text("What is wrong")
     audit("signature debugger with a result")
+    page.set_viewport_size({"width": 390, "height": 800})  # its table of passwords scrolls
+    audit("signature debugger with a result (390 px)")
+    page.set_viewport_size({"width": 1280, "height": 900})
 
     page.goto(device_url + "?panel=1")
     page.get_by_role("button", name="中文").click()
@@ -201,3 +204,12 @@ def test_the_parameters_panel_works_from_the_keyboard(page, owner, device):
     assert page.evaluate("navigator.clipboard.readText()") == (
         f"{device.device_id}&{device.product.product_id}")
     expect(page.locator("#copy-status")).to_have_text("Copied")
+
+    # Close (Enter on it) hides the panel and gives focus back to the button that opened it.
+    page.locator("#params-close").focus()
+    page.keyboard.press("Enter")
+    expect(page.locator("#mqtt-params")).to_be_hidden()
+    expect(page.locator("#params-button")).to_be_focused()
+    expect(page.locator("#params-button")).to_have_attribute("aria-expanded", "false")
+    page.keyboard.press("Enter")  # and it opens again, where it was
+    expect(page.locator("#mqtt-params")).to_be_focused()
