@@ -256,6 +256,11 @@ class DeviceAdmin(admin.ModelAdmin):
     def has_view_device_secret_permission(self, request):
         return request.user.has_perm(SECRET_PERMISSION)
 
+    def has_rotate_secret_permission(self, request, obj=None):
+        return self.has_change_permission(request, obj) and self.has_view_device_secret_permission(
+            request
+        )
+
     @admin.display(description=_("status"), ordering="status")
     def status_badge(self, obj):
         return format_html(
@@ -282,6 +287,7 @@ class DeviceAdmin(admin.ModelAdmin):
         extra_context = {
             **(extra_context or {}),
             "can_reveal_secret": self.has_view_device_secret_permission(request),
+            "can_rotate_secret": self.has_rotate_secret_permission(request),
         }
         return super().change_view(request, object_id, form_url, extra_context)
 
@@ -454,7 +460,8 @@ class DeviceAdmin(admin.ModelAdmin):
     def rotate_secret_view(self, request, object_id):
         """Give a device a new secret (audited by Device.rotate_secret); the page asks first."""
         device = get_object_or_404(Device.objects.select_related("product"), pk=object_id)
-        if not self.has_change_permission(request, device):
+        # As in the console (README): rotating needs the change and the view-secret permission.
+        if not self.has_rotate_secret_permission(request, device):
             raise PermissionDenied
         if request.method == "POST":
             device.rotate_secret(actor=request.user)

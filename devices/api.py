@@ -134,7 +134,7 @@ def _parse_check_body(request):
     else:
         try:
             body = json.loads(request.body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: deep nesting
             raise OptionError(None, "The body must be a JSON object (or empty).") from None
     if not isinstance(body, dict):
         raise OptionError(None, "The body must be a JSON object (or empty).")

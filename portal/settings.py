@@ -61,8 +61,15 @@ def _development_key(filename, make):
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     path = DATA_DIR / filename
     if not path.exists():
-        path.write_text(make() + "\n")
-        path.chmod(0o600)
+        # Created 0600 (never readable by others, not even until a chmod); O_EXCL: two
+        # processes starting at once keep the first one's key.
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(make() + "\n")
     return path.read_text().strip()
 
 
