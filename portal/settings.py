@@ -239,6 +239,11 @@ if not DEBUG:
     SESSION_COOKIE_SECURE = env_bool("PORTAL_SECURE_COOKIES", True)
     CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
     SESSION_COOKIE_HTTPONLY = True
+    # Opt-in, because both are wrong when switched on blindly: HSTS pins browsers to https for
+    # that long; the proxy header must only be trusted when a proxy always sets (or strips) it.
+    SECURE_HSTS_SECONDS = env_int("PORTAL_HSTS_SECONDS", 0)
+    if env_bool("PORTAL_BEHIND_HTTPS_PROXY"):
+        SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 # Background work through the Tasks API. The database backend is the embedded default;
 # PORTAL_TASKS_REDIS_URL switches to django-tasks-rq (see README, "Scaling out").

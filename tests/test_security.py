@@ -89,3 +89,37 @@ def test_development_keys_are_never_readable_by_others(tmp_path):
         mode = stat.S_IMODE((data / name).stat().st_mode)
         assert mode == 0o600, f"{name} has mode {mode:o}"
         assert (data / name).read_text().strip()
+
+
+def _production_settings(tmp_path, **env):
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PORTAL_", "DATABASE_URL"))}
+    clean.update(
+        PORTAL_DATA_DIR=str(tmp_path), DJANGO_SETTINGS_MODULE="portal.settings",
+        PORTAL_SECRET_KEY="x" * 50, PORTAL_SECRETS_KEY="eBZPVP7ZnR1VCEs5LzF8vNg1lYzCXUbx8dP8r0xK0Hc=",
+        **env,
+    )
+    code = (
+        "from django.conf import settings as s; import django; django.setup()\n"
+        "print(s.SESSION_COOKIE_SECURE, s.CSRF_COOKIE_SECURE, s.SECURE_HSTS_SECONDS,"
+        " s.SECURE_PROXY_SSL_HEADER, s.X_FRAME_OPTIONS)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=clean,
+                            capture_output=True, text=True, timeout=60)
+    return result.returncode, result.stdout.strip() + result.stderr
+
+
+def test_production_defaults_secure_cookies_no_framing_and_no_hsts_unless_asked(tmp_path):
+    code, output = _production_settings(tmp_path)
+    assert code == 0, output
+    assert output == "True True 0 None DENY"
+
+
+def test_hsts_and_the_https_proxy_header_are_opt_in(tmp_path):
+    code, output = _production_settings(
+        tmp_path, PORTAL_HSTS_SECONDS="31536000", PORTAL_BEHIND_HTTPS_PROXY="1"
+    )
+    assert code == 0, output
+    assert output == "True True 31536000 ('HTTP_X_FORWARDED_PROTO', 'https') DENY"
+    code, output = _production_settings(tmp_path, PORTAL_HSTS_SECONDS="a year")
+    assert code != 0
+    assert "PORTAL_HSTS_SECONDS must be a whole number" in output
