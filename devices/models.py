@@ -33,6 +33,21 @@ def validate_identifier(value):
         )
 
 
+# A device's topic space is /sys/{productId}/{deviceId}/# and /{productId}/{deviceId}/# (spec §4):
+# with a product called "sys", its devices' second space would cover other products' first.
+RESERVED_PRODUCT_IDS = ("sys",)
+
+
+def validate_product_id(value):
+    validate_identifier(value)
+    if value in RESERVED_PRODUCT_IDS:
+        raise ValidationError(
+            _("“%(value)s” is reserved: topics under /%(value)s/ are the devices' system topics.")
+            % {"value": value},
+            code="reserved_product_id",
+        )
+
+
 class DeviceStatus(models.TextChoices):
     INACTIVE = "inactive", _("Inactive")
     ONLINE = "online", _("Online")
@@ -56,8 +71,16 @@ class Product(models.Model):
     def __str__(self):
         return f"{self.name} ({self.product_id})"
 
+    def clean(self):
+        super().clean()
+        if self.product_id in RESERVED_PRODUCT_IDS:
+            try:
+                validate_product_id(self.product_id)
+            except ValidationError as error:
+                raise ValidationError({"product_id": error}) from None
+
     def save(self, *args, **kwargs):
-        validate_identifier(self.product_id)
+        validate_product_id(self.product_id)
         super().save(*args, **kwargs)
 
 

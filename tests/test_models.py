@@ -113,3 +113,14 @@ def test_rotating_a_secret_changes_it_and_is_audited(device, owner):
     assert new != old and Device.objects.get(pk=device.pk).device_secret == new
     event = AuditEvent.objects.get(action=AuditEvent.Action.ROTATE_SECRET)
     assert event.actor == owner and event.targets == ["a1B2c3D4e5F/sensor-001"]
+
+
+def test_the_product_id_sys_is_reserved_so_topic_spaces_cannot_overlap(db):
+    # A device "pk" of a product "sys" would own /sys/pk/#: every device of product "pk"'s
+    # system topics (spec §4's two spaces).
+    with pytest.raises(ValidationError) as caught:
+        Product(product_id="sys", name="x").full_clean()
+    assert "product_id" in caught.value.message_dict
+    with pytest.raises(ValidationError):
+        Product.objects.create(product_id="sys", name="x")
+    assert Product.objects.create(product_id="sys2", name="x").pk
