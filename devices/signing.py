@@ -27,6 +27,8 @@ SIGN_METHODS = {
 SIGN_METHOD_WHEN_ABSENT = "hmacmd5"
 
 ID_MAX_LENGTH = 64
+# Milliseconds since 1970 have 13 digits today; 19 is the most a signed 64-bit integer holds.
+TIMESTAMP_MAX_DIGITS = 19
 CLIENT_ID_MAX_LENGTH = 64
 # productId and deviceId: letters, digits and - _ . : @ (spec §2, decision).
 ID_PATTERN = re.compile(r"[A-Za-z0-9\-_.:@]{1,64}")
@@ -69,7 +71,7 @@ def client_id_error(value: str) -> str | None:
 
 def normalize_sign_method(value: str) -> str | None:
     """The canonical sign method for ``value`` (case ignored), or None when unsupported."""
-    name = value.strip().lower() if isinstance(value, str) else ""
+    name = value.lower() if isinstance(value, str) else ""
     return name if name in SIGN_METHODS else None
 
 
@@ -305,10 +307,13 @@ def parse_connect(mqtt_client_id: str, mqtt_username: str) -> ParsedConnect:
             )
 
     timestamp = params.get("timestamp")
-    if timestamp is not None and not (timestamp.isascii() and timestamp.isdigit()):
+    if timestamp is not None and not (
+        timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= TIMESTAMP_MAX_DIGITS
+    ):
         raise SigningError(
             "bad_timestamp",
-            f"timestamp must be milliseconds as digits, not {timestamp!r}.",
+            f"timestamp must be milliseconds as at most {TIMESTAMP_MAX_DIGITS} digits, "
+            f"not {timestamp[:40]!r}.",
             "mqttClientId",
         )
 

@@ -255,3 +255,11 @@ def test_an_event_time_that_is_not_milliseconds_is_a_400(client, device, value):
     response = post(client, "/mqtt/events", body)
     assert response.status_code == 400
     assert response.json()["error"]["field"] == "connected_at"
+
+
+def test_a_timestamp_of_thousands_of_digits_is_denied_not_a_500(client, device, settings):
+    settings.MQTT_MAX_CLOCK_SKEW_MS = 60_000  # the path that reads the timestamp as a number
+    client_id = "sensor-001|securemode=2,signmethod=hmacsha256,timestamp=" + "9" * 5000 + "|"
+    response = post(client, "/mqtt/auth", auth_body(clientid=client_id))
+    assert response.status_code == 200
+    assert response.json()["result"] == "deny"

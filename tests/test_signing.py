@@ -245,3 +245,17 @@ def test_one_changed_digit_of_the_timestamp_is_refused(rendered, data):
     changed = _change_one_character(data.draw, text, "0123456789")
     client_id = params.mqtt_client_id.replace(f"timestamp={text}", f"timestamp={changed}")
     assert not _verify(params, secret, mqtt_client_id=client_id).accepted
+
+
+def test_stray_spaces_around_the_sign_method_are_refused():
+    # The debugger calls stray spaces a mistake; the verifier must agree and refuse them.
+    with pytest.raises(signing.SigningError) as caught:
+        signing.parse_connect("12345|securemode=3,signmethod= hmacsha1 ,timestamp=789|", "device&pk")
+    assert caught.value.code == "unsupported_signmethod"
+
+
+def test_a_timestamp_longer_than_a_64_bit_number_is_refused():
+    with pytest.raises(signing.SigningError) as caught:
+        signing.parse_connect("12345|securemode=3,timestamp=" + "1" * 20 + "|", "device&pk")
+    assert caught.value.code == "bad_timestamp"
+    assert len(caught.value.message) < 200
