@@ -306,6 +306,16 @@ def run_connection_check(
         raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}")
     started = time.perf_counter()
     version = PROTOCOLS[protocol]
+    context = None
+    if tls:
+        try:
+            context = ssl.create_default_context(cafile=ca_file) if ca_file else (
+                ssl.create_default_context()
+            )
+        except (OSError, ssl.SSLError) as error:
+            return CheckResult(
+                Outcome.TLS_FAILED, detail=f"cannot load the CA certificate {ca_file}: {error}"
+            )
     client = _TimedClient(
         CallbackAPIVersion.VERSION2,
         client_id=mqtt_client_id,
@@ -314,10 +324,7 @@ def run_connection_check(
         reconnect_on_failure=False,
     )
     client.username_pw_set(username, password)
-    if tls:
-        context = ssl.create_default_context(cafile=ca_file) if ca_file else (
-            ssl.create_default_context()
-        )
+    if context is not None:
         client.tls_set_context(context)
     client.connect_timeout = timeout
 

@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import time
+from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
@@ -102,7 +103,14 @@ def _offline_after_own_check(device: Device) -> bool:
 
 
 def _enqueue(check_id: int):
-    result = run_check.enqueue(check_id)
+    try:
+        result = run_check.enqueue(check_id)
+    except Exception as error:  # noqa: BLE001 - a queue that is down must not leave it queued
+        logger.exception("connection check %s could not be queued", check_id)
+        check = ConnectionCheck.objects.filter(pk=check_id).first()
+        if check is not None:
+            check.finish(Outcome.INTERNAL_ERROR, f"could not be queued: {type(error).__name__}")
+        return
     ConnectionCheck.objects.filter(pk=check_id).update(task_id=str(result.id)[:64])
 
 
@@ -187,7 +195,10 @@ def _run(check: ConnectionCheck):
         params["mqttUsername"],
         params["mqttPassword"],
         tls=params["securemode"] == 2,
-        ca_file=settings.MQTT_CA_FILE if params["securemode"] == 2 else None,
+        # No CA file of the deployment's (a broker with a public certificate): the system's.
+        ca_file=settings.MQTT_CA_FILE
+        if params["securemode"] == 2 and Path(settings.MQTT_CA_FILE).is_file()
+        else None,
         protocol=protocol,
         topic=CHECK_TOPIC.format(product_id=device.product.product_id, device_id=device.device_id),
         timeout=settings.CHECK_STEP_TIMEOUT,

@@ -249,6 +249,13 @@ def test_a_trusted_tls_server_that_never_answers_mqtt_gives_no_connack(tls_serve
     assert result.latencies["tls"] > 0
 
 
+def test_an_unreadable_ca_file_is_a_tls_failure_not_an_exception(tls_server_for, tmp_path):
+    server, _ca_file = tls_server_for(["127.0.0.1"])
+    result = _fields(port=server.port, tls=True, ca_file=str(tmp_path / "missing-ca.pem"))
+    assert result.outcome == Outcome.TLS_FAILED
+    assert "missing-ca.pem" in result.detail
+
+
 def test_plain_tls_to_a_port_that_speaks_no_tls_is_a_tls_failure(silent_server):
     result = _fields(port=silent_server.port, tls=True, timeout=0.5)
     assert result.outcome == Outcome.TLS_FAILED

@@ -93,3 +93,20 @@ def test_a_check_runs_on_redis_with_an_rq_worker(mqtt_broker, redis_url, device)
     assert check.status == CheckStatus.SUCCEEDED, (check.outcome, check.reason)
     assert check.outcome == "accepted"
     assert check.latencies.get("puback") is not None
+
+
+def test_a_queue_that_is_down_fails_the_check_instead_of_leaving_it_queued(
+    mqtt_broker, device  # noqa: F811
+):
+    # Redis on a port nothing listens on: enqueueing fails for real.
+    env = scaled_out_env(f"redis://127.0.0.1:{free_port()}/0", mqtt_broker)
+    enqueue = (
+        "from devices.models import Device; from devices.tasks import request_check\n"
+        "check = request_check(Device.objects.get(device_id='sensor-001'))\n"
+        "print('CHECK', check.pk)"
+    )
+    output = manage(env, "shell", "-c", enqueue)
+    check = ConnectionCheck.objects.get(pk=int(output.split("CHECK")[1].split()[0]))
+    assert check.status == CheckStatus.FAILED
+    assert check.outcome == "internal_error"
+    assert "could not be queued" in check.reason

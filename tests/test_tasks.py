@@ -259,6 +259,16 @@ def test_a_wrong_ca_is_a_tls_failure(mqtt_broker, start_worker, device, tmp_path
     assert "certificate" in check.reason
 
 
+def test_without_a_ca_file_the_check_trusts_the_system_store(
+    mqtt_broker, start_worker, device, tmp_path
+):
+    # A deployment whose broker has a public certificate has no CA file of its own: the check
+    # uses the system's trust store, which does not know the development CA.
+    start_worker(mqtt_broker, PORTAL_MQTT_CA_FILE=tmp_path / "no-such-ca.pem")
+    check = run(device)
+    assert check.outcome == Outcome.TLS_UNTRUSTED
+
+
 def test_a_broker_that_never_answers_gives_no_connack(
     mqtt_broker, start_worker, device, silent_server  # noqa: F811
 ):
