@@ -24,6 +24,7 @@ run: install
 	PORTAL_DEBUG=$${PORTAL_DEBUG:-1} PORTAL_MQTT_TLS_PORT=$${PORTAL_MQTT_TLS_PORT-8883} $(PY) manage.py runportal
 
 test: install
+	$(PY) -m ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install
