@@ -364,6 +364,26 @@ def check_max_runtime():
     return 3 * settings.CHECK_STEP_TIMEOUT + 10
 
 
+def process_scope() -> str:
+    """Where a process id means the same process: the host name and the PID namespace, so that
+    containers sharing a host name but not their processes never judge each other's workers."""
+    import os
+    import socket
+
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    return f"{socket.gethostname()}/{namespace}" if namespace else socket.gethostname()
+
+
+def runner_name() -> str:
+    """A worker's name on the checks it runs: its process scope and its process id."""
+    import os
+
+    return f"{process_scope()}:{os.getpid()}"
+
+
 def _process_alive(pid):
     import os
 
@@ -379,19 +399,18 @@ def _process_alive(pid):
 class ConnectionCheckQuerySet(models.QuerySet):
     def reap_stale(self, now=None):
         """Mark failed ("interrupted") the running checks whose worker died: at once when that
-        worker ran on this host and its process is gone, else once older than the longest a
+        worker ran in this process scope (host and PID namespace) and its process is gone, else
+        once older than the longest a
         check can take. Returns how many. Safe to call often (one indexed query)."""
-        import socket
-
         from .checks import Outcome
 
         now = now or timezone.now()
         cutoff = now - timezone.timedelta(seconds=check_max_runtime())
-        host = socket.gethostname()
+        scope = process_scope()
         stale = []
         for check in self.filter(status=CheckStatus.RUNNING).only("pk", "runner", "started_at"):
-            runner_host, _, pid = check.runner.rpartition(":")
-            dead_here = runner_host == host and pid.isdigit() and not _process_alive(int(pid))
+            runner_scope, _, pid = check.runner.rpartition(":")
+            dead_here = runner_scope == scope and pid.isdigit() and not _process_alive(int(pid))
             too_old = check.started_at is None or check.started_at < cutoff
             if dead_here or too_old:
                 stale.append(check.pk)

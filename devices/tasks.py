@@ -9,8 +9,6 @@ with :func:`request_check`.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import time
 from pathlib import Path
 
@@ -21,7 +19,14 @@ from django.utils.translation import gettext as _
 from django_tasks import task
 
 from .checks import DEFAULT_PROTOCOL, PROTOCOLS, Outcome, run_connection_check
-from .models import CheckStatus, ConnectionCheck, Device, DeviceStatus, check_max_runtime
+from .models import (
+    CheckStatus,
+    ConnectionCheck,
+    Device,
+    DeviceStatus,
+    check_max_runtime,
+    runner_name,
+)
 from .options import ConnectionOptions, OptionError
 
 logger = logging.getLogger(__name__)
@@ -114,10 +119,6 @@ def _enqueue(check_id: int):
     ConnectionCheck.objects.filter(pk=check_id).update(task_id=str(result.id)[:64])
 
 
-def _runner_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 def _claim(check_id: int) -> str:
     """Mark the check running unless another check of its device runs: "claimed", "busy", or
     "gone" (deleted or no longer queued). The device row lock serialises claims per device
@@ -135,7 +136,7 @@ def _claim(check_id: int) -> str:
         if busy:
             return "busy"
         updated = ConnectionCheck.objects.filter(pk=check_id, status=CheckStatus.QUEUED).update(
-            status=CheckStatus.RUNNING, started_at=timezone.now(), runner=_runner_name()
+            status=CheckStatus.RUNNING, started_at=timezone.now(), runner=runner_name()
         )
         return "claimed" if updated else "gone"
 
@@ -164,7 +165,7 @@ def run_check(check_id: int) -> str:
     check = ConnectionCheck.objects.select_related("device__product").get(pk=check_id)
     if check.status != CheckStatus.RUNNING:  # the give-up path
         ConnectionCheck.objects.filter(pk=check_id).update(
-            status=CheckStatus.RUNNING, started_at=timezone.now(), runner=_runner_name()
+            status=CheckStatus.RUNNING, started_at=timezone.now(), runner=runner_name()
         )
         check.refresh_from_db()
     try:

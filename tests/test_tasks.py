@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -23,7 +24,7 @@ from django.utils import timezone
 from paho.mqtt.enums import CallbackAPIVersion
 
 from devices.checks import Outcome
-from devices.models import CheckStatus, ConnectionCheck, Device, DeviceStatus
+from devices.models import CheckStatus, ConnectionCheck, Device, DeviceStatus, process_scope
 from devices.options import ConnectionOptions
 from devices.tasks import DeviceOnlineError, request_check
 from tests.broker_fixtures import (  # noqa: F401
@@ -439,3 +440,22 @@ def test_stale_running_checks_from_another_host_are_failed_by_age(device, settin
     young.refresh_from_db()
     assert (old.status, old.outcome) == (CheckStatus.FAILED, Outcome.INTERRUPTED)
     assert young.status == CheckStatus.RUNNING
+
+
+def test_a_dead_worker_in_another_pid_namespace_of_this_host_is_judged_by_age_only(device):
+    # Containers may share a host name but not their processes: a process id from another
+    # PID namespace says nothing here, so only age can fail that check.
+    gone_pid = 4_194_304 + 1  # above Linux's largest pid (pid_max is at most 2**22): never alive
+    other_namespace = ConnectionCheck.objects.create(
+        device=device, status=CheckStatus.RUNNING, started_at=timezone.now(),
+        runner=f"{socket.gethostname()}/pid:[1]:{gone_pid}",
+    )
+    same_scope = ConnectionCheck.objects.create(
+        device=device, status=CheckStatus.RUNNING, started_at=timezone.now(),
+        runner=f"{process_scope()}:{gone_pid}",
+    )
+    assert ConnectionCheck.objects.reap_stale() == 1
+    other_namespace.refresh_from_db()
+    same_scope.refresh_from_db()
+    assert other_namespace.status == CheckStatus.RUNNING
+    assert (same_scope.status, same_scope.outcome) == (CheckStatus.FAILED, Outcome.INTERRUPTED)
