@@ -122,12 +122,11 @@ def _csrf_failure(request):
     )
 
 
-CHECK_BODY_KEYS = ("securemode", "signmethod", "timestamp", "clientId", "exclusive")
 
 
 def _parse_check_body(request):
     """(ConnectionOptions, protocol, force) from an optional JSON object; raises OptionError."""
-    from .checks import DEFAULT_PROTOCOL, PROTOCOLS
+    from .checks import DEFAULT_PROTOCOL
 
     if not request.body.strip():
         body = {}
@@ -135,15 +134,19 @@ def _parse_check_body(request):
         try:
             body = json.loads(request.body)
         except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: deep nesting
-            raise OptionError(None, "The body must be a JSON object (or empty).") from None
+            body = None
     if not isinstance(body, dict):
-        raise OptionError(None, "The body must be a JSON object (or empty).")
-    allowed = (*CHECK_BODY_KEYS, "protocol", "force")
+        raise OptionError(None, _("The body must be a JSON object (or empty)."))
+    allowed = (*QUERY_NAMES, "protocol", "force")
     for key in body:
         if key not in allowed:
-            raise OptionError(key, f"Unknown field {key!r}; allowed: {', '.join(allowed)}.")
+            raise OptionError(
+                key,
+                _("Unknown field %(name)s; the fields are %(names)s.")
+                % {"name": repr(key), "names": ", ".join(allowed)},
+            )
     query = {}
-    for key in CHECK_BODY_KEYS:
+    for key in QUERY_NAMES:
         value = body.get(key)
         if value is None:
             if key == "timestamp" and "timestamp" in body:
@@ -154,15 +157,15 @@ def _parse_check_body(request):
         elif isinstance(value, int):
             value = str(value)
         elif not isinstance(value, str):
-            raise OptionError(key, f"{key} must be a string, a number or a boolean.")
+            raise OptionError(
+                key, _("%(name)s must be a string, a number or a boolean.") % {"name": key}
+            )
         query[key] = value
     options = ConnectionOptions.from_query(query)
-    protocol = body.get("protocol", DEFAULT_PROTOCOL)
-    if protocol not in PROTOCOLS:
-        raise OptionError("protocol", f"protocol must be one of {', '.join(PROTOCOLS)}.")
+    protocol = body.get("protocol", DEFAULT_PROTOCOL)  # checked by request_check
     force = body.get("force", False)
     if not isinstance(force, bool):
-        raise OptionError("force", "force must be true or false.")
+        raise OptionError("force", _("force must be true or false."))
     return options, protocol, force
 
 

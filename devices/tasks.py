@@ -68,8 +68,10 @@ def request_check(
     the device is online and ``force`` is false.
     """
     options = options or ConnectionOptions()
-    if protocol not in PROTOCOLS:
-        raise OptionError("protocol", f"protocol must be one of {', '.join(PROTOCOLS)}.")
+    if not isinstance(protocol, str) or protocol not in PROTOCOLS:
+        raise OptionError(
+            "protocol", _("protocol must be one of %(names)s.") % {"names": ", ".join(PROTOCOLS)}
+        )
     device.connection_params(options)  # validates; the password is computed again at run time
     if device.status == DeviceStatus.ONLINE and not force and not _offline_after_own_check(device):
         raise DeviceOnlineError(device)

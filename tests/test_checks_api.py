@@ -82,6 +82,21 @@ def test_a_body_that_is_not_a_json_object_is_400(client, device, token):
     assert "JSON object" in response.json()["error"]["message"]
 
 
+@pytest.mark.parametrize("protocol", [["3.1.1"], {"v": 5}, 5, "4.0"])
+def test_a_protocol_that_is_not_one_of_the_names_is_400_not_500(client, device, token, protocol):
+    response = client.post(URL, data=json.dumps({"protocol": protocol}),
+                           content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {token}")
+    assert response.status_code == 400
+    assert response.json()["error"]["field"] == "protocol"
+
+
+def test_a_bad_body_is_explained_in_chinese_when_asked(client, device, token):
+    response = client.post(URL, data="[1]", content_type="application/json",
+                           HTTP_AUTHORIZATION=f"Bearer {token}", HTTP_ACCEPT_LANGUAGE="zh-CN")
+    assert response.status_code == 400
+    assert "JSON 对象" in response.json()["error"]["message"]
+
+
 def test_a_check_against_a_broker_that_is_down_fails_with_its_reason(
     client, device, token, closed_broker_port, django_capture_on_commit_callbacks
 ):
