@@ -56,6 +56,18 @@ def member(django_user_model):
 
 
 @pytest.fixture
+def staff_without_secrets(django_user_model):
+    """Staff who may manage devices but not see their secrets."""
+    user = django_user_model.objects.create_user("carol", password="carol-password", is_staff=True)
+    user.user_permissions.add(
+        *Permission.objects.filter(content_type__app_label="devices").exclude(
+            codename="view_device_secret"
+        )
+    )
+    return django_user_model.objects.get(pk=user.pk)
+
+
+@pytest.fixture
 def product(db):
     from devices.models import Product
 

@@ -20,18 +20,6 @@ BATCH_URL = "/admin/devices/device/batch/"
 CHANGELIST_URL = "/admin/devices/device/"
 
 
-@pytest.fixture
-def staff_without_secrets(django_user_model):
-    """Staff who may manage devices but not see their secrets."""
-    user = django_user_model.objects.create_user("carol", password="carol-password", is_staff=True)
-    user.user_permissions.add(
-        *Permission.objects.filter(content_type__app_label="devices").exclude(
-            codename="view_device_secret"
-        )
-    )
-    return django_user_model.objects.get(pk=user.pk)
-
-
 def generate(client, product, **fields):
     data = {
         "generate-product": product.pk,

@@ -7,25 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from django.contrib.auth.models import Permission
 
 from devices.models import AuditEvent, Device
 
 pytestmark = pytest.mark.django_db
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def staff_without_secrets(django_user_model):
-    """Staff who may change devices but not see their secrets."""
-    user = django_user_model.objects.create_user("carol", password="carol-password", is_staff=True)
-    user.user_permissions.add(
-        *Permission.objects.filter(content_type__app_label="devices").exclude(
-            codename="view_device_secret"
-        )
-    )
-    return django_user_model.objects.get(pk=user.pk)
 
 
 def test_admin_rotate_needs_the_secret_permission_as_in_the_console(
