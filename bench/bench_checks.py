@@ -69,7 +69,7 @@ def run():
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    from devices.checks import Outcome, run_connection_check
+    from devices.connection_check import Outcome, run_connection_check
     from devices.models import Device, Product
     from devices.options import ConnectionOptions
     from devices.tasks import CHECK_TOPIC, request_check

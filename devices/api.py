@@ -126,7 +126,7 @@ def _csrf_failure(request):
 
 def _parse_check_body(request):
     """(ConnectionOptions, protocol, force) from an optional JSON object; raises OptionError."""
-    from .checks import DEFAULT_PROTOCOL
+    from .connection_check import DEFAULT_PROTOCOL
 
     if not request.body.strip():
         body = {}

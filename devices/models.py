@@ -402,7 +402,7 @@ class ConnectionCheckQuerySet(models.QuerySet):
         worker ran in this process scope (host and PID namespace) and its process is gone, else
         once older than the longest a
         check can take. Returns how many. Safe to call often (one indexed query)."""
-        from .checks import Outcome
+        from .connection_check import Outcome
 
         now = now or timezone.now()
         cutoff = now - timezone.timedelta(seconds=check_max_runtime())
@@ -465,13 +465,13 @@ class ConnectionCheck(models.Model):
     @property
     def message(self):
         """What happened, in the active language ("" while it has not finished)."""
-        from .checks import outcome_text
+        from .connection_check import outcome_text
 
         return outcome_text(self.outcome)[0] if self.outcome else ""
 
     @property
     def hint(self):
-        from .checks import outcome_text
+        from .connection_check import outcome_text
 
         return outcome_text(self.outcome)[1] if self.outcome else ""
 
@@ -481,7 +481,7 @@ class ConnectionCheck(models.Model):
 
     def finish(self, outcome, detail="", connack_code=None, latencies=None):
         """Store a result; only the fields a result changes (background work)."""
-        from .checks import Outcome
+        from .connection_check import Outcome
 
         self.status = CheckStatus.SUCCEEDED if outcome == Outcome.ACCEPTED else CheckStatus.FAILED
         self.outcome = outcome

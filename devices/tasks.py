@@ -18,7 +18,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 from django_tasks import task
 
-from .checks import DEFAULT_PROTOCOL, PROTOCOLS, Outcome, run_connection_check
+from .connection_check import DEFAULT_PROTOCOL, PROTOCOLS, Outcome, run_connection_check
 from .models import (
     CheckStatus,
     ConnectionCheck,
@@ -181,7 +181,7 @@ def run_check(check_id: int) -> str:
 
 
 def _run(check: ConnectionCheck):
-    from .checks import CheckResult
+    from .connection_check import CheckResult
 
     stored = dict(check.options)
     protocol = stored.pop("protocol", DEFAULT_PROTOCOL)

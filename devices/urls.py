@@ -1,20 +1,14 @@
-"""Console pages. The API and the broker hooks are wired in portal/urls.py."""
+"""The JSON API for scripts and factory tools (``/api/v1/...``)."""
 
 from django.urls import path
 
-from . import views
+from . import api
 
 DEVICE = "products/<str:product_id>/devices/<str:device_id>/"
 
 urlpatterns = [
-    path("", views.index, name="index"),
-    path("products/", views.product_list, name="product-list"),
-    path("products/<str:product_id>/", views.product_detail, name="product-detail"),
-    path("devices/", views.device_list, name="device-list"),
-    path(DEVICE, views.device_detail, name="device-detail"),
-    path(DEVICE + "secret/", views.device_reveal_secret, name="device-reveal-secret"),
-    path(DEVICE + "rotate/", views.device_rotate_secret, name="device-rotate-secret"),
-    path(DEVICE + "enabled/", views.device_set_enabled, name="device-set-enabled"),
-    path(DEVICE + "debugger/", views.device_debugger, name="device-debugger"),
-    path("tls/ca.pem", views.ca_certificate, name="ca-certificate"),
+    path("openapi.json", api.openapi_description, name="api-openapi"),
+    path(DEVICE + "mqtt-params", api.mqtt_params, name="api-mqtt-params"),
+    path(DEVICE + "checks", api.device_checks, name="api-device-checks"),
+    path("checks/<int:check_id>", api.check_detail, name="api-check"),
 ]

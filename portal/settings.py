@@ -154,6 +154,8 @@ INSTALLED_APPS = [
     "django_tasks",
     "django_tasks_db",
     "devices",
+    "broker",
+    "console",
 ]
 
 MIDDLEWARE = [
@@ -212,7 +214,7 @@ AUTH_PASSWORD_VALIDATORS = [
 
 LANGUAGE_CODE = "en"
 LANGUAGES = [("en", "English"), ("zh-hans", "简体中文")]
-LOCALE_PATHS = [BASE_DIR / "devices" / "locale"]
+LOCALE_PATHS = [BASE_DIR / "locale"]
 TIME_ZONE = os.environ.get("PORTAL_TIME_ZONE", "UTC")
 USE_I18N = True
 USE_TZ = True

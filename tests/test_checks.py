@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from django.utils import translation
 
-from devices.checks import Outcome, connack_outcome, outcome_text, run_connection_check
+from devices.connection_check import Outcome, connack_outcome, outcome_text, run_connection_check
 from tests.broker_fixtures import free_port
 
 TOPIC = "/a1B2c3D4e5F/sensor-001/user/portal-check"

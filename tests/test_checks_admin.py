@@ -6,7 +6,7 @@ import re
 import pytest
 from django.contrib.auth.models import Permission
 
-from devices.checks import Outcome
+from devices.connection_check import Outcome
 from devices.models import ConnectionCheck, Device, DeviceStatus
 from tests.broker_fixtures import _mqtt_broker_process, mqtt_broker  # noqa: F401
 from tests.test_tasks import start_worker, wait_finished  # noqa: F401

@@ -2,7 +2,7 @@
 
 import pytest
 
-from devices import debugger
+from devices import diagnosis as debugger
 from devices.models import Device, Product
 
 

@@ -23,7 +23,7 @@ from django.db import connection
 from django.utils import timezone
 from paho.mqtt.enums import CallbackAPIVersion
 
-from devices.checks import Outcome
+from devices.connection_check import Outcome
 from devices.models import CheckStatus, ConnectionCheck, Device, DeviceStatus, process_scope
 from devices.options import ConnectionOptions
 from devices.tasks import DeviceOnlineError, request_check
@@ -282,7 +282,7 @@ def test_a_broker_that_never_answers_gives_no_connack(
 
 def test_a_malformed_client_id_is_identifier_rejected_by_the_real_broker(mqtt_broker, device):
     """The portal never renders such a clientId; a device that builds its own can."""
-    from devices.checks import run_connection_check
+    from devices.connection_check import run_connection_check
 
     params = device.connection_params(ConnectionOptions(securemode=3))
     result = run_connection_check(
@@ -300,7 +300,7 @@ def test_a_broker_that_cannot_read_the_registry_is_server_unavailable(
     import dataclasses
     import sqlite3
 
-    from devices.checks import run_connection_check
+    from devices.connection_check import run_connection_check
 
     copy = tmp_path / "registry.sqlite3"
     source, target = sqlite3.connect(connection.settings_dict["NAME"]), sqlite3.connect(copy)

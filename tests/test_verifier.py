@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from devices import verifier
+from broker import verifier
 from devices.models import Device, Product
 
 DOC_CLIENT_ID = "12345|securemode=3,signmethod=hmacsha1,timestamp=789|"

@@ -5,7 +5,7 @@ import json
 import re
 from pathlib import Path
 
-LOCALE = Path(__file__).resolve().parent.parent / "devices" / "locale"
+LOCALE = Path(__file__).resolve().parent.parent / "locale"
 
 
 def po_entries(path):

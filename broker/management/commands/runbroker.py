@@ -7,7 +7,8 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from devices import broker, tls
+from broker import embedded
+from devices import tls
 
 
 class Command(BaseCommand):
@@ -61,4 +62,4 @@ class Command(BaseCommand):
             + (f" and {host}:{tls_port} (TLS, securemode=2)" if tls_port else ""),
         )
         self.stdout.flush()
-        await broker.serve(host, port, tls_port, certfile, keyfile, stop=stop)
+        await embedded.serve(host, port, tls_port, certfile, keyfile, stop=stop)

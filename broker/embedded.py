@@ -6,7 +6,7 @@ connection (``_client_connected``) and keeps amqtt's message loop for the rest:
 
 * amqtt deletes or takes over the session of a clientId *before* it authenticates, so a client
   with a wrong password could disconnect a device. Here the CONNECT is read, checked and
-  verified first (``devices.verifier``, which calls ``devices.signing``); nothing of any other
+  verified first (``broker.verifier``, which calls ``devices.signing``); nothing of any other
   connection is touched until the device is accepted.
 * amqtt takes over by clientId; the spec takes over by device (productId + deviceId) whatever
   clientIds were used, and refuses newcomers while an ``exclusive=true`` connection lives.
@@ -50,7 +50,7 @@ from django.db import close_old_connections
 
 from . import verifier
 
-logger = logging.getLogger("devices.broker")
+logger = logging.getLogger("broker.embedded")
 
 CONNECT_TIMEOUT_S = 10  # a client must send its CONNECT within this time
 MAX_CONNECT_BYTES = 64 * 1024
@@ -176,7 +176,7 @@ def _write_status(went_online, now_offline):
     """One transaction for a batch: who connected (first activation, last online), who is gone."""
     from django.db import transaction
 
-    from .models import Device
+    from devices.models import Device
 
     with transaction.atomic():
         for start in range(0, len(went_online), 500):
@@ -186,13 +186,13 @@ def _write_status(went_online, now_offline):
 
 
 def _mark_all_offline():
-    from .models import Device, DeviceStatus
+    from devices.models import Device, DeviceStatus
 
     return Device.objects.filter(status=DeviceStatus.ONLINE).mark_offline()
 
 
 def _watch_rows(pks):
-    from .models import Device
+    from devices.models import Device
 
     rows = {}
     pks = list(pks)
@@ -209,7 +209,7 @@ class PortalBroker(Broker):
 
     def __init__(self, config: dict, transports: dict[str, str], **kwargs):
         config = dict(config)
-        config.setdefault("plugins", {"devices.broker.DeviceTopicPlugin": {}})
+        config.setdefault("plugins", {"broker.embedded.DeviceTopicPlugin": {}})
         super().__init__(config, **kwargs)
         self.transports = transports  # listener name → "tcp" | "tls"
         self.live: dict[tuple[str, str], DeviceConnection] = {}

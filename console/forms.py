@@ -3,7 +3,7 @@
 from django import forms
 from django.utils.translation import gettext_lazy as _
 
-from .models import DeviceStatus, Product
+from devices.models import DeviceStatus, Product
 
 
 class DeviceFilterForm(forms.Form):

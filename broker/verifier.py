@@ -20,7 +20,7 @@ from datetime import datetime
 
 from django.conf import settings
 
-from . import signing
+from devices import signing
 
 TRANSPORTS = ("tcp", "tls")
 ACTIONS = ("publish", "subscribe")
@@ -80,7 +80,7 @@ registry_cache = _RegistryCache()
 
 def lookup_device(product_id: str, device_id: str) -> DeviceRecord | None:
     """The device's record from the registry (or the short cache); None when unknown."""
-    from .models import Device
+    from devices.models import Device
 
     key = (product_id, device_id)
     max_age_s = settings.MQTT_AUTH_CACHE_MS / 1000

@@ -1,7 +1,7 @@
 """Console pages (function views): parse input, call the model, render.
 
 The connection parameters come from ``Device.connection_params`` (the JSON endpoint's code);
-the signature debugger's reasoning lives in ``devices.debugger``.
+the signature debugger's reasoning lives in ``devices.diagnosis``.
 """
 
 from functools import wraps
@@ -20,10 +20,11 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from . import debugger
+from devices.diagnosis import diagnose
+from devices.models import AuditEvent, Device, DeviceStatus, Product
+from devices.options import QUERY_NAMES, ConnectionOptions, OptionError
+
 from .forms import DebuggerForm, DeviceFilterForm
-from .models import AuditEvent, Device, DeviceStatus, Product
-from .options import QUERY_NAMES, ConnectionOptions, OptionError
 
 SECRET_PERMISSION = "devices.view_device_secret"
 VIEW_PERMISSION = "devices.view_device"
@@ -308,7 +309,7 @@ def device_debugger(request, product_id, device_id):
         form = DebuggerForm(request.POST)
         if form.is_valid():
             data = form.cleaned_data
-            diagnosis = debugger.diagnose(
+            diagnosis = diagnose(
                 device,
                 data["mqtt_client_id"],
                 data["mqtt_username"],

@@ -2,7 +2,7 @@
 
 ``POST /mqtt/auth`` (HTTP authentication), ``POST /mqtt/acl`` (HTTP authorization) and
 ``POST /mqtt/events`` (a webhook for client.connected / client.disconnected). They decide with
-the same verifier as the embedded broker (``devices.verifier``), so both brokers follow one set of
+the same verifier as the embedded broker (``broker.verifier``), so both brokers follow one set of
 rules. Every call needs ``Authorization: Bearer $PORTAL_BROKER_HOOK_TOKEN``; without that setting
 every call is refused, so that a forgotten token never means an open door.
 """
@@ -19,10 +19,12 @@ from django.http import HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from . import signing, verifier
-from .api import error_response
+from devices import signing
+from devices.api import error_response
 
-logger = logging.getLogger("devices.hooks")
+from . import verifier
+
+logger = logging.getLogger("broker.hooks")
 
 # EMQX reasons for a disconnect that a newer connection of the same client caused: the device is
 # still online through that newer connection.
@@ -184,7 +186,7 @@ def mqtt_events(request, body):
         return HttpResponse(status=204)  # such a client was never accepted
     from django.db.models import Q
 
-    from .models import Device
+    from devices.models import Device
 
     devices = Device.objects.filter(product__product_id=product_id, device_id=device_id)
     connected = event == "client.connected"

@@ -7,7 +7,7 @@ from django import template
 from django.conf import settings
 from django.urls import reverse
 
-from devices.checks import PROTOCOLS
+from devices.connection_check import PROTOCOLS
 from devices.models import ConnectionCheck, DeviceStatus
 from devices.options import QUERY_NAMES
 

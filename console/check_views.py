@@ -13,10 +13,10 @@ from django.urls import reverse
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
-from .checks import DEFAULT_PROTOCOL
-from .models import Device
-from .options import QUERY_NAMES, ConnectionOptions, OptionError
-from .tasks import DeviceOnlineError, request_check
+from devices.connection_check import DEFAULT_PROTOCOL
+from devices.models import Device
+from devices.options import QUERY_NAMES, ConnectionOptions, OptionError
+from devices.tasks import DeviceOnlineError, request_check
 
 CHECK_PERMISSION = "devices.add_connectioncheck"
 
