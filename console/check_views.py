@@ -13,12 +13,11 @@ from django.urls import reverse
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
+from devices.choices import Permission
 from devices.connection_check import DEFAULT_PROTOCOL
 from devices.models import Device
 from devices.options import QUERY_NAMES, ConnectionOptions, OptionError
 from devices.tasks import DeviceOnlineError, request_check
-
-CHECK_PERMISSION = "devices.add_connectioncheck"
 
 
 @login_required
@@ -28,7 +27,7 @@ def device_run_check(request, product_id, device_id):
         device = Device.objects.for_user(request.user).lookup(product_id, device_id)
     except Device.DoesNotExist:
         raise Http404(_("No such device.")) from None
-    if not request.user.has_perm(CHECK_PERMISSION):
+    if not request.user.has_perm(Permission.RUN_CHECK):
         raise PermissionDenied(_("Testing a connection needs the permission to add checks."))
     page = reverse("device-detail", args=[product_id, device_id]) + "#checks"
     try:

@@ -11,7 +11,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, Q
+from django.db.models import Q
 from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -20,17 +20,14 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from devices.choices import DEFAULT_SIGN_METHOD, SIGN_METHODS_OFFERED, Permission, may_rotate_secret
 from devices.diagnosis import diagnose
 from devices.models import AuditEvent, Device, DeviceStatus, Product
 from devices.options import QUERY_NAMES, ConnectionOptions, OptionError
 
 from .forms import DebuggerForm, DeviceFilterForm
 
-SECRET_PERMISSION = "devices.view_device_secret"
-VIEW_PERMISSION = "devices.view_device"
-CHANGE_PERMISSION = "devices.change_device"
 PAGE_SIZE = 50
-# The option names of the parameters panel (the JSON endpoint's query names).
 
 
 def devices_visible(view):
@@ -39,7 +36,7 @@ def devices_visible(view):
 
     @wraps(view)
     def wrapper(request, *args, **kwargs):
-        if not request.user.has_perm(VIEW_PERMISSION):
+        if not request.user.has_perm(Permission.VIEW_DEVICE):
             raise PermissionDenied(
                 _("Seeing devices needs the permission “Can view device” (devices.view_device).")
             )
@@ -107,22 +104,6 @@ def _query_without_page(request):
     return query.urlencode()
 
 
-def _status_counts(product_ids=None):
-    """{product pk: {status: n, "disabled": n, "total": n}} in two grouped queries."""
-    devices = Device.objects.all()
-    if product_ids is not None:
-        devices = devices.filter(product_id__in=product_ids)
-    counts = {}
-    for row in devices.values("product_id", "status").annotate(n=Count("id")).order_by():
-        entry = counts.setdefault(row["product_id"], {"total": 0, "disabled": 0})
-        entry[row["status"]] = row["n"]
-        entry["total"] += row["n"]
-    disabled = devices.filter(enabled=False).values("product_id").annotate(n=Count("id"))
-    for row in disabled.order_by():
-        counts.setdefault(row["product_id"], {"total": 0, "disabled": 0})["disabled"] = row["n"]
-    return counts
-
-
 @login_required
 def index(request):
     return redirect("device-list")
@@ -131,9 +112,8 @@ def index(request):
 @devices_visible
 @require_GET
 def product_list(request):
-    products = list(Product.objects.order_by("product_id"))
-    counts = _status_counts([p.pk for p in products])
-    rows = [(p, counts.get(p.pk, {"total": 0, "disabled": 0})) for p in products]
+    products = Product.objects.with_device_counts().order_by("product_id")
+    rows = [(product, product.device_counts) for product in products]
     return render(
         request,
         "devices/product_list.html",
@@ -144,7 +124,7 @@ def product_list(request):
 @devices_visible
 @require_GET
 def product_detail(request, product_id):
-    product = get_object_or_404(Product, product_id=product_id)
+    product = get_object_or_404(Product.objects.with_device_counts(), product_id=product_id)
     form = DeviceFilterForm(request.GET or None, with_product=False)
     page = _device_page(_filtered_devices(form, product), _page_number(request))
     return render(
@@ -153,7 +133,7 @@ def product_detail(request, product_id):
         {
             "product": product,
             "nav": "products",
-            "counts": _status_counts([product.pk]).get(product.pk, {"total": 0, "disabled": 0}),
+            "counts": product.device_counts,
             "statuses": DeviceStatus.choices,
             "form": form,
             "query": _query_without_page(request),
@@ -176,7 +156,7 @@ def device_list(request):
 
 def _panel_context(request, device):
     """The parameters panel: options from the query, computed by the JSON endpoint's code."""
-    can_see_secret = request.user.has_perm(SECRET_PERMISSION)
+    can_see_secret = request.user.has_perm(Permission.VIEW_SECRET)
     params, error = None, None
     try:
         params = device.connection_params(ConnectionOptions.from_query(request.GET))
@@ -188,7 +168,7 @@ def _panel_context(request, device):
     default_securemode = "2" if settings.MQTT_TLS_PORT else "3"
     selected = {
         "securemode": request.GET.get("securemode") or default_securemode,
-        "signmethod": (request.GET.get("signmethod") or "hmacsha256").lower(),
+        "signmethod": (request.GET.get("signmethod") or DEFAULT_SIGN_METHOD).lower(),
         "timestamp": request.GET.get("timestamp") or "now",
         "clientId": request.GET.get("clientId", ""),
         "exclusive": request.GET.get("exclusive", "").lower() == "true",
@@ -211,7 +191,7 @@ def _panel_context(request, device):
         "tls_available": bool(settings.MQTT_TLS_PORT),
         "ca_available": ca_path.is_file(),
         "can_see_secret": can_see_secret,
-        "sign_methods": ("hmacsha256", "hmacsha1", "hmacmd5"),
+        "sign_methods": SIGN_METHODS_OFFERED,
     }
 
 
@@ -219,8 +199,8 @@ def _device_context(request, device):
     return {
         "device": device,
         "nav": "devices",
-        "can_see_secret": request.user.has_perm(SECRET_PERMISSION),
-        "can_change": request.user.has_perm(CHANGE_PERMISSION),
+        "can_see_secret": request.user.has_perm(Permission.VIEW_SECRET),
+        "can_change": request.user.has_perm(Permission.CHANGE_DEVICE),
     }
 
 
@@ -245,7 +225,7 @@ def device_detail(request, product_id, device_id):
 def device_reveal_secret(request, product_id, device_id):
     """Show the secret once, in the response body (never in a URL), and record who saw it."""
     device = _get_device_for_user(request, product_id, device_id)
-    if not request.user.has_perm(SECRET_PERMISSION):
+    if not request.user.has_perm(Permission.VIEW_SECRET):
         raise PermissionDenied(_("Seeing the secret needs the permission to view device secrets."))
     AuditEvent.record(AuditEvent.Action.REVEAL_SECRET, request.user, [device])
     context = _device_context(request, device)
@@ -260,7 +240,7 @@ def device_reveal_secret(request, product_id, device_id):
 def device_rotate_secret(request, product_id, device_id):
     """GET asks for confirmation; POST rotates (audited by the model)."""
     device = _get_device_for_user(request, product_id, device_id)
-    if not (request.user.has_perm(SECRET_PERMISSION) and request.user.has_perm(CHANGE_PERMISSION)):
+    if not may_rotate_secret(request.user):
         raise PermissionDenied(_("Rotating a secret needs the permissions to change devices and "
                                  "to view their secrets."))
     if request.method == "POST":
@@ -278,7 +258,7 @@ def device_rotate_secret(request, product_id, device_id):
 @require_POST
 def device_set_enabled(request, product_id, device_id):
     device = _get_device_for_user(request, product_id, device_id)
-    if not request.user.has_perm(CHANGE_PERMISSION):
+    if not request.user.has_perm(Permission.CHANGE_DEVICE):
         raise PermissionDenied(_("Enabling or disabling devices needs the permission to change "
                                  "devices."))
     enabled = request.POST.get("enabled") == "true"
@@ -301,7 +281,7 @@ def device_debugger(request, product_id, device_id):
     POST, because the pasted password must not end up in a URL or a server log.
     """
     device = _get_device_for_user(request, product_id, device_id)
-    if not request.user.has_perm(SECRET_PERMISSION):
+    if not request.user.has_perm(Permission.VIEW_SECRET):
         raise PermissionDenied(_("The signature debugger computes passwords from the device "
                                  "secret; it needs the permission to view device secrets."))
     diagnosis = None

@@ -5,11 +5,9 @@ it is a POST that is audited, and exports are downloads (never a URL holding a s
 logic lives in ``devices/batch.py``; the views here parse a form, call it and render.
 """
 
-from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, Q
 from django.http import HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
@@ -21,25 +19,23 @@ from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.debug import sensitive_post_parameters
 
+from . import admin_actions
 from . import batch as batches
+from .choices import DEVICE_STATUS_COLOURS, BatchSource, Permission, may_rotate_secret
+from .forms import (
+    ApiTokenAddForm,
+    DeviceAddForm,
+    GenerateBatchForm,
+    UploadBatchForm,
+)
 from .models import (
     ApiToken,
     AuditEvent,
+    ConnectionCheck,
     Device,
-    DeviceStatus,
     Product,
     RegistrationBatch,
-    generate_device_secret,
 )
-
-SECRET_PERMISSION = "devices.view_device_secret"
-SECRET_MAX_LENGTH = 128
-
-STATUS_COLOURS = {
-    DeviceStatus.ONLINE: "#1e7e34",
-    DeviceStatus.OFFLINE: "#6c757d",
-    DeviceStatus.INACTIVE: "#b8860b",
-}
 
 
 def _no_store(response):
@@ -75,17 +71,7 @@ class ProductAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request):
         # Every count of the list in the one query that lists the products.
-        status = "devices__status"
-        return (
-            super()
-            .get_queryset(request)
-            .annotate(
-                device_total=Count("devices"),
-                online_total=Count("devices", filter=Q(**{status: DeviceStatus.ONLINE})),
-                offline_total=Count("devices", filter=Q(**{status: DeviceStatus.OFFLINE})),
-                inactive_total=Count("devices", filter=Q(**{status: DeviceStatus.INACTIVE})),
-            )
-        )
+        return super().get_queryset(request).with_device_counts()
 
     def get_readonly_fields(self, request, obj=None):
         # A productId is part of every device's credentials: fixed once created.
@@ -116,74 +102,6 @@ class ProductAdmin(admin.ModelAdmin):
 # -- devices ---------------------------------------------------------------------------------------
 
 
-def _clean_given_secret(value):
-    if not value:
-        return generate_device_secret()
-    if len(value) > SECRET_MAX_LENGTH or any(ch.isspace() or not ch.isprintable() for ch in value):
-        raise forms.ValidationError(
-            _("Use at most %(max)d printable characters without spaces, or leave it empty."),
-            params={"max": SECRET_MAX_LENGTH},
-        )
-    return value
-
-
-class DeviceAddForm(forms.ModelForm):
-    """Adding one device: its secret is generated unless one is given."""
-
-    device_secret = forms.CharField(
-        label=_("deviceSecret"),
-        required=False,
-        max_length=SECRET_MAX_LENGTH,
-        widget=forms.TextInput(attrs={"autocomplete": "off", "size": 40}),
-        help_text=_("Leave empty to generate a random secret of 32 letters and digits."),
-    )
-
-    class Meta:
-        model = Device
-        fields = ["product", "device_id", "name", "device_secret", "enabled"]
-
-    def clean_device_secret(self):
-        return _clean_given_secret(self.cleaned_data.get("device_secret", ""))
-
-
-class GenerateBatchForm(forms.Form):
-    product = forms.ModelChoiceField(Product.objects.all(), label=_("product"))
-    prefix = forms.CharField(
-        label=_("deviceId prefix"),
-        required=False,
-        max_length=63,
-        help_text=_("Letters, digits and - _ . : @, e.g. sensor-"),
-    )
-    start = forms.IntegerField(label=_("first number"), min_value=0, initial=1)
-    count = forms.IntegerField(
-        label=_("number of devices"), min_value=1, max_value=batches.MAX_BATCH_SIZE, initial=10
-    )
-    width = forms.IntegerField(
-        label=_("zero-padded width"),
-        min_value=0,
-        max_value=batches.MAX_WIDTH,
-        initial=4,
-        help_text=_("4 gives 0001, 0002, …; 0 gives 1, 2, …"),
-    )
-    name_prefix = forms.CharField(
-        label=_("name prefix (optional)"),
-        required=False,
-        max_length=100,
-        help_text=_("When given, each device is named this prefix and its number."),
-    )
-
-
-class UploadBatchForm(forms.Form):
-    product = forms.ModelChoiceField(Product.objects.all(), label=_("product"))
-    file = forms.FileField(
-        label=_("CSV file"),
-        help_text=_(
-            "One device a line: deviceId, then optionally a name. A header line is optional. "
-            "UTF-8, with or without BOM."
-        ),
-    )
-
-
 @admin.register(Device)
 class DeviceAdmin(admin.ModelAdmin):
     add_form = DeviceAddForm
@@ -204,7 +122,13 @@ class DeviceAdmin(admin.ModelAdmin):
     ordering = ["product_id", "device_id"]
     list_per_page = 100
     show_full_result_count = False
-    actions = ["enable_devices", "disable_devices", "export_credentials"]
+    actions = [
+        "enable_devices",
+        "disable_devices",
+        "export_credentials",
+        admin_actions.test_connection,
+        admin_actions.test_connection_force,
+    ]
     change_fields = [
         "product",
         "device_id",
@@ -254,18 +178,16 @@ class DeviceAdmin(admin.ModelAdmin):
         return ["secret_hidden" if name == "secret" else name for name in fields]
 
     def has_view_device_secret_permission(self, request):
-        return request.user.has_perm(SECRET_PERMISSION)
+        return request.user.has_perm(Permission.VIEW_SECRET)
 
     def has_rotate_secret_permission(self, request, obj=None):
-        return self.has_change_permission(request, obj) and self.has_view_device_secret_permission(
-            request
-        )
+        return self.has_change_permission(request, obj) and may_rotate_secret(request.user)
 
     @admin.display(description=_("status"), ordering="status")
     def status_badge(self, obj):
         return format_html(
             '<span style="color:#fff;background:{};padding:1px 8px;border-radius:8px">{}</span>',
-            STATUS_COLOURS.get(obj.status, "#6c757d"),
+            DEVICE_STATUS_COLOURS.get(obj.status, "#6c757d"),
             obj.get_status_display(),
         )
 
@@ -368,14 +290,14 @@ class DeviceAdmin(admin.ModelAdmin):
         if request.method == "POST":
             if "upload-product" in request.POST:
                 upload_form = UploadBatchForm(request.POST, request.FILES, prefix="upload")
-                form, source = upload_form, batches.SOURCE_CSV
+                form, source = upload_form, BatchSource.CSV
             else:
                 generate_form = GenerateBatchForm(request.POST, prefix="generate")
-                form, source = generate_form, batches.SOURCE_GENERATED
+                form, source = generate_form, BatchSource.GENERATED
             if form.is_valid():
                 data = form.cleaned_data
                 try:
-                    if source == batches.SOURCE_CSV:
+                    if source == BatchSource.CSV:
                         rows = batches.rows_from_csv(data["file"].read())
                     else:
                         rows = batches.generated_rows(
@@ -487,12 +409,6 @@ class DeviceAdmin(admin.ModelAdmin):
 # -- registration batches, audit, tokens -----------------------------------------------------------
 
 
-BATCH_SOURCES = {
-    batches.SOURCE_GENERATED: _("generated from a prefix"),
-    batches.SOURCE_CSV: _("uploaded CSV"),
-}
-
-
 class SourceFilter(admin.SimpleListFilter):
     """The batch's source, named in the reader's language (the column holds fixed words)."""
 
@@ -500,7 +416,7 @@ class SourceFilter(admin.SimpleListFilter):
     parameter_name = "source"
 
     def lookups(self, request, model_admin):
-        return list(BATCH_SOURCES.items())
+        return BatchSource.choices
 
     def queryset(self, request, queryset):
         return queryset.filter(source=self.value()) if self.value() else queryset
@@ -559,7 +475,7 @@ class RegistrationBatchAdmin(RecordAdmin):
 
     @admin.display(description=_("source"), ordering="source")
     def batch_source(self, obj):
-        return BATCH_SOURCES.get(obj.source, obj.source)
+        return obj.get_source_display()
 
     @admin.display(description=_("devices"), ordering="device_count")
     def devices(self, obj):
@@ -604,13 +520,6 @@ class AuditEventAdmin(RecordAdmin):
         if more > 0:
             shown += " " + gettext("and %(count)d more") % {"count": more}
         return shown
-
-
-class ApiTokenAddForm(forms.ModelForm):
-    class Meta:
-        model = ApiToken
-        fields = ["user", "name"]
-        labels = {"user": _("user")}
 
 
 @admin.register(ApiToken)
@@ -671,4 +580,34 @@ class ApiTokenAdmin(admin.ModelAdmin):
         return _no_store(response)
 
 
-from . import admin_checks  # noqa: E402,F401  (the "Test connection" actions; needs DeviceAdmin)
+# -- connection checks -----------------------------------------------------------------------
+
+
+@admin.register(ConnectionCheck)
+class ConnectionCheckAdmin(admin.ModelAdmin):
+    list_display = [
+        "id", "device", "shown_status", "result", "connack_code", "latency", "queued_at",
+        "finished_at", "requested_by",
+    ]
+    list_filter = ["status", "outcome"]
+    list_select_related = ["device__product", "requested_by"]
+    search_fields = ["device__device_id", "device__product__product_id"]
+    readonly_fields = [f.name for f in ConnectionCheck._meta.fields]
+
+    @admin.display(description=_("status"), ordering="status")
+    def shown_status(self, check):
+        return check.get_status_display()  # "failed" at once for a check whose worker died
+
+    @admin.display(description=_("result"))
+    def result(self, check):
+        return check.message or "…"
+
+    @admin.display(description=_("latency (ms)"))
+    def latency(self, check):
+        return "" if check.latency_ms is None else f"{check.latency_ms:.0f}"
+
+    def has_add_permission(self, request):
+        return False  # checks start from a device ("Test connection"), never from an empty form
+
+    def has_change_permission(self, request, obj=None):
+        return False

@@ -15,11 +15,10 @@ from django.utils.translation import gettext as _
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods
 
+from .choices import Permission
 from .models import ApiToken, ConnectionCheck, Device
 from .options import QUERY_NAMES, ConnectionOptions, OptionError
 
-SECRET_PERMISSION = "devices.view_device_secret"
-CHECK_PERMISSION = "devices.add_connectioncheck"
 CHECK_HISTORY_LENGTH = 20
 
 
@@ -83,12 +82,12 @@ def _with_device(view):
 @api_auth
 @_with_device
 def mqtt_params(request, device):
-    if not request.user.has_perm(SECRET_PERMISSION):
+    if not request.user.has_perm(Permission.VIEW_SECRET):
         return error_response(
             403,
             "permission_denied",
             "Connection parameters include a password derived from the device secret; "
-            "this needs the permission devices.view_device_secret.",
+            f"this needs the permission {Permission.VIEW_SECRET}.",
         )
     unknown = sorted(set(request.GET) - set(QUERY_NAMES))
     if unknown:
@@ -177,18 +176,17 @@ def device_checks(request, device):
     from .tasks import DeviceOnlineError, request_check
 
     if request.method == "GET":
-        ConnectionCheck.objects.reap_stale()
         checks = device.checks.select_related("device__product", "requested_by")
         return JsonResponse({"checks": [c.to_dict() for c in checks[:CHECK_HISTORY_LENGTH]]})
     csrf_failure = _csrf_failure(request)
     if csrf_failure is not None:
         return csrf_failure
-    if not request.user.has_perm(CHECK_PERMISSION):
+    if not request.user.has_perm(Permission.RUN_CHECK):
         return error_response(
             403,
             "permission_denied",
             "A check connects to the broker as the device; this needs the permission "
-            "devices.add_connectioncheck.",
+            f"{Permission.RUN_CHECK}.",
         )
     try:
         options, protocol, force = _parse_check_body(request)
@@ -207,7 +205,6 @@ def device_checks(request, device):
 @require_GET
 @api_auth
 def check_detail(request, check_id):
-    ConnectionCheck.objects.reap_stale()
     check = (
         ConnectionCheck.objects.select_related("device__product", "requested_by")
         .filter(pk=check_id, device__in=Device.objects.for_user(request.user))

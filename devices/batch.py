@@ -17,6 +17,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
 
 from . import signing
+from .choices import BatchSource
 from .models import AuditEvent, Device, RegistrationBatch, generate_device_secret
 
 MAX_BATCH_SIZE = 10_000
@@ -31,8 +32,6 @@ BULK_BATCH_SIZE = 500
 # The chunk size of "which of these deviceIds exist already?" (one IN (...) query per chunk).
 LOOKUP_CHUNK = 900
 
-SOURCE_GENERATED = "generated"
-SOURCE_CSV = "csv"
 
 CSV_HEADER_NAMES = {"deviceid", "device_id", "device id"}
 
@@ -237,7 +236,7 @@ def existing_device_ids(product, device_ids):
     return found
 
 
-def register_batch(product, rows, user=None, source=SOURCE_GENERATED):
+def register_batch(product, rows, user=None, source=BatchSource.GENERATED):
     """Validate the whole batch, then create its devices in one transaction.
 
     Raises BatchError (and writes nothing) when any row is bad. Secrets are generated here;

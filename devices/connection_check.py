@@ -18,151 +18,14 @@ import time
 from dataclasses import dataclass, field
 
 import paho.mqtt.client as mqtt
-from django.utils.translation import gettext_lazy as _
 from paho.mqtt.enums import CallbackAPIVersion
+
+from .choices import CHECK_PROTOCOLS, DEFAULT_CHECK_PROTOCOL, Outcome, outcome_text
 
 DEFAULT_STEP_TIMEOUT = 5.0  # seconds for each of: TCP+TLS connect, CONNACK, PUBACK
 
-PROTOCOLS = {"3.1": mqtt.MQTTv31, "3.1.1": mqtt.MQTTv311, "5.0": mqtt.MQTTv5}
-DEFAULT_PROTOCOL = "3.1.1"
-
-
-class Outcome:
-    """Stable outcome codes. Only ``ACCEPTED`` means the parameters work."""
-
-    ACCEPTED = "accepted"
-    REFUSED_PROTOCOL = "refused_protocol_version"
-    REFUSED_IDENTIFIER = "refused_identifier_rejected"
-    REFUSED_SERVER_UNAVAILABLE = "refused_server_unavailable"
-    REFUSED_BAD_CREDENTIALS = "refused_bad_credentials"
-    REFUSED_NOT_AUTHORIZED = "refused_not_authorized"
-    REFUSED_OTHER = "refused_other"
-    TCP_REFUSED = "tcp_refused"
-    TCP_TIMEOUT = "tcp_timeout"
-    NAME_NOT_RESOLVED = "name_not_resolved"
-    TLS_UNTRUSTED = "tls_untrusted"
-    TLS_HOSTNAME_MISMATCH = "tls_hostname_mismatch"
-    TLS_FAILED = "tls_failed"
-    NO_CONNACK = "no_connack"
-    CLOSED_BEFORE_CONNACK = "closed_before_connack"
-    NO_PUBACK = "no_puback"
-    PUBLISH_REFUSED = "publish_refused"
-    CLOSED_BEFORE_PUBACK = "closed_before_puback"
-    NETWORK_ERROR = "network_error"
-    # Set by the background work, not by run_connection_check:
-    INTERRUPTED = "interrupted"
-    INVALID_OPTIONS = "invalid_options"
-    DEVICE_GONE = "device_gone"
-    INTERNAL_ERROR = "internal_error"
-
-
-# code -> (what happened, what to do about it)
-OUTCOME_TEXT = {
-    Outcome.ACCEPTED: (
-        _("Connected and published: the broker accepted these parameters."),
-        _("The device can use exactly these parameters."),
-    ),
-    Outcome.REFUSED_PROTOCOL: (
-        _("Refused by the broker: protocol version not supported."),
-        _("Choose another MQTT version (3.1.1 is the default the broker supports)."),
-    ),
-    Outcome.REFUSED_IDENTIFIER: (
-        _("Refused by the broker: client identifier rejected."),
-        _("Check the clientId and its extension parameters; if the device is connected in "
-          "exclusive mode, another connection cannot take its place until it disconnects."),
-    ),
-    Outcome.REFUSED_SERVER_UNAVAILABLE: (
-        _("Refused by the broker: server unavailable."),
-        _("The broker is up but cannot serve connections now; look at the broker's log and "
-          "try again later."),
-    ),
-    Outcome.REFUSED_BAD_CREDENTIALS: (
-        _("Refused by the broker: bad username or password."),
-        _("The password does not match the device secret: if the secret was rotated, give the "
-          "device its new secret; check signmethod and the signed clientId and timestamp."),
-    ),
-    Outcome.REFUSED_NOT_AUTHORIZED: (
-        _("Refused by the broker: not authorized."),
-        _("The broker does not let this device in: check that the device is enabled, that "
-          "securemode matches the port, and that the device is not connected in exclusive mode."),
-    ),
-    Outcome.REFUSED_OTHER: (
-        _("Refused by the broker."),
-        _("Look up the CONNACK code in the broker's documentation and its log."),
-    ),
-    Outcome.TCP_REFUSED: (
-        _("TCP connection refused: nothing listens on that host and port."),
-        _("Check the broker host and port, and that the broker is running."),
-    ),
-    Outcome.TCP_TIMEOUT: (
-        _("TCP connection timed out."),
-        _("The host does not answer on that port: check the address, firewalls and routing."),
-    ),
-    Outcome.NAME_NOT_RESOLVED: (
-        _("The broker's host name could not be resolved."),
-        _("Check the spelling of the host name (PORTAL_MQTT_HOST) and the DNS settings."),
-    ),
-    Outcome.TLS_UNTRUSTED: (
-        _("TLS failure: the broker's certificate is not trusted."),
-        _("The CA certificate does not match the broker's certificate: use the deployment's CA "
-          "certificate (securemode=2), or check which certificate the broker presents."),
-    ),
-    Outcome.TLS_HOSTNAME_MISMATCH: (
-        _("TLS failure: the certificate does not match the host name."),
-        _("Connect with a host name listed in the broker's certificate, or issue a certificate "
-          "for this host name."),
-    ),
-    Outcome.TLS_FAILED: (
-        _("TLS failure."),
-        _("The TLS handshake failed: check that this port speaks TLS (securemode=2) and the "
-          "TLS versions and ciphers both sides allow."),
-    ),
-    Outcome.NO_CONNACK: (
-        _("No CONNACK within the timeout."),
-        _("Something accepted the TCP connection but did not answer as an MQTT broker: check "
-          "that the port belongs to the broker, and whether it is overloaded."),
-    ),
-    Outcome.CLOSED_BEFORE_CONNACK: (
-        _("The broker closed the connection without a CONNACK."),
-        _("The broker dropped the CONNECT: look at the broker's log for the reason (e.g. a "
-          "securemode that does not match the port, or a plain-TCP client on a TLS port)."),
-    ),
-    Outcome.NO_PUBACK: (
-        _("No PUBACK within the timeout."),
-        _("The connection was accepted but the test message was not acknowledged: look at "
-          "the broker's log and its topic permissions."),
-    ),
-    Outcome.PUBLISH_REFUSED: (
-        _("The broker refused the test message."),
-        _("The device may not publish to its own topic space: check the broker's topic rules."),
-    ),
-    Outcome.CLOSED_BEFORE_PUBACK: (
-        _("The broker closed the connection before acknowledging the test message."),
-        _("Another connection of the same device may have replaced this one, or the broker "
-          "refused the message: look at the broker's log."),
-    ),
-    Outcome.NETWORK_ERROR: (
-        _("Network error."),
-        _("The connection failed for a reason shown in the details; check the network path "
-          "to the broker."),
-    ),
-    Outcome.INTERRUPTED: (
-        _("Interrupted: the worker stopped while running this check."),
-        _("Run the check again; if it keeps happening, look at the worker's log."),
-    ),
-    Outcome.INVALID_OPTIONS: (
-        _("The check's options are not valid for this deployment."),
-        _("Choose other options (for example securemode=3 when there is no TLS listener)."),
-    ),
-    Outcome.DEVICE_GONE: (
-        _("The device was deleted before the check ran."),
-        _("Nothing to do."),
-    ),
-    Outcome.INTERNAL_ERROR: (
-        _("The check could not run because of an internal error."),
-        _("Look at the worker's log."),
-    ),
-}
+PROTOCOLS = dict(zip(CHECK_PROTOCOLS, (mqtt.MQTTv31, mqtt.MQTTv311, mqtt.MQTTv5), strict=True))
+DEFAULT_PROTOCOL = DEFAULT_CHECK_PROTOCOL
 
 # MQTT 3.1/3.1.1 CONNACK return codes and MQTT 5 reason codes -> outcome.
 _CONNACK_V3 = {
@@ -184,12 +47,6 @@ _CONNACK_V5 = {
 
 # OpenSSL verify codes (X509_V_ERR_*) that mean "hostname/IP does not match the certificate".
 _HOSTNAME_MISMATCH_CODES = {62, 64}
-
-
-def outcome_text(code: str) -> tuple[str, str]:
-    """(message, hint) for an outcome code, translated into the active language."""
-    message, hint = OUTCOME_TEXT.get(code, OUTCOME_TEXT[Outcome.INTERNAL_ERROR])
-    return str(message), str(hint)
 
 
 def connack_outcome(code: int, protocol: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 import string
@@ -13,6 +14,14 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from . import signing
+from .choices import (
+    BatchSource,
+    CheckStatus,
+    DeviceStatus,
+    Outcome,
+    Permission,
+    outcome_text,
+)
 from .fields import EncryptedSecretField
 from .options import ConnectionOptions, OptionError
 
@@ -48,10 +57,19 @@ def validate_product_id(value):
         )
 
 
-class DeviceStatus(models.TextChoices):
-    INACTIVE = "inactive", _("Inactive")
-    ONLINE = "online", _("Online")
-    OFFLINE = "offline", _("Offline")
+class ProductQuerySet(models.QuerySet):
+    def with_device_counts(self):
+        """Each product with its devices counted by status and disabled, in the one query that
+        lists the products (``device_total``, ``<status>_total``, ``disabled_total``)."""
+        by_status = {
+            f"{status}_total": models.Count("devices", filter=models.Q(devices__status=status))
+            for status in DeviceStatus.values
+        }
+        return self.annotate(
+            device_total=models.Count("devices"),
+            disabled_total=models.Count("devices", filter=models.Q(devices__enabled=False)),
+            **by_status,
+        )
 
 
 class Product(models.Model):
@@ -63,6 +81,8 @@ class Product(models.Model):
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
 
+    objects = ProductQuerySet.as_manager()
+
     class Meta:
         ordering = ["product_id"]
         verbose_name = _("product")
@@ -70,6 +90,12 @@ class Product(models.Model):
 
     def __str__(self):
         return f"{self.name} ({self.product_id})"
+
+    @property
+    def device_counts(self) -> dict:
+        """{status: n, "total": n, "disabled": n}; needs ``with_device_counts()``."""
+        counts = {status: getattr(self, f"{status}_total") for status in DeviceStatus.values}
+        return {**counts, "total": self.device_total, "disabled": self.disabled_total}
 
     def clean(self):
         super().clean()
@@ -90,7 +116,7 @@ class DeviceQuerySet(models.QuerySet):
         ``devices.view_device``, none without it."""
         if not user.is_authenticated or not user.is_active:
             return self.none()
-        return self if user.has_perm("devices.view_device") else self.none()
+        return self if user.has_perm(Permission.VIEW_DEVICE) else self.none()
 
     def lookup(self, product_id, device_id):
         return self.select_related("product").get(
@@ -162,7 +188,7 @@ class Device(models.Model):
             models.Index(fields=["enabled"], name="device_enabled_idx"),
             models.Index(fields=["name"], name="device_name_idx"),
         ]
-        permissions = [("view_device_secret", _("Can view device secrets and passwords"))]
+        permissions = [(Permission.VIEW_SECRET_CODENAME, _("Can view device secrets and passwords"))]
 
     def __str__(self):
         return f"{self.device_id}&{self.product.product_id}"
@@ -244,7 +270,7 @@ class RegistrationBatch(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True
     )
     created_at = models.DateTimeField(auto_now_add=True)
-    source = models.CharField(max_length=16)  # "generated" or "csv"
+    source = models.CharField(max_length=16, choices=BatchSource.choices)
     device_count = models.PositiveIntegerField(default=0)
 
     class Meta:
@@ -352,18 +378,12 @@ class ApiToken(models.Model):
         return record.user
 
 
-class CheckStatus(models.TextChoices):
-    QUEUED = "queued", _("Queued")
-    RUNNING = "running", _("Running")
-    SUCCEEDED = "succeeded", _("Succeeded")
-    FAILED = "failed", _("Failed")
-
-
 def check_max_runtime():
     """Seconds a running check can legitimately take: three bounded steps plus slack."""
     return 3 * settings.CHECK_STEP_TIMEOUT + 10
 
 
+@functools.cache
 def process_scope() -> str:
     """Where a process id means the same process: the host name and the PID namespace, so that
     containers sharing a host name but not their processes never judge each other's workers."""
@@ -396,30 +416,24 @@ def _process_alive(pid):
     return True
 
 
+INTERRUPTED_REASON = "the worker running this check stopped before it finished"
+
+
 class ConnectionCheckQuerySet(models.QuerySet):
     def reap_stale(self, now=None):
-        """Mark failed ("interrupted") the running checks whose worker died: at once when that
-        worker ran in this process scope (host and PID namespace) and its process is gone, else
-        once older than the longest a
-        check can take. Returns how many. Safe to call often (one indexed query)."""
-        from .connection_check import Outcome
-
+        """Store as failed ("interrupted") the running checks whose worker died (see
+        :meth:`ConnectionCheck.is_interrupted`). Returns how many. Only the worker and the
+        commands call this: a page or an API GET computes the same state on read and writes
+        nothing."""
         now = now or timezone.now()
-        cutoff = now - timezone.timedelta(seconds=check_max_runtime())
-        scope = process_scope()
-        stale = []
-        for check in self.filter(status=CheckStatus.RUNNING).only("pk", "runner", "started_at"):
-            runner_scope, _, pid = check.runner.rpartition(":")
-            dead_here = runner_scope == scope and pid.isdigit() and not _process_alive(int(pid))
-            too_old = check.started_at is None or check.started_at < cutoff
-            if dead_here or too_old:
-                stale.append(check.pk)
+        running = self.filter(status=CheckStatus.RUNNING).only("pk", "status", "runner", "started_at")
+        stale = [check.pk for check in running if check.is_interrupted(now)]
         if not stale:
             return 0
         return self.filter(pk__in=stale, status=CheckStatus.RUNNING).update(
             status=CheckStatus.FAILED,
             outcome=Outcome.INTERRUPTED,
-            reason="the worker running this check stopped before it finished",
+            reason=INTERRUPTED_REASON,
             finished_at=now,
         )
 
@@ -458,22 +472,45 @@ class ConnectionCheck(models.Model):
     def __str__(self):
         return f"check {self.pk} of {self.device_id}: {self.status}"
 
+    def is_interrupted(self, now=None) -> bool:
+        """Running, but its worker is gone: at once when that worker ran in this process scope
+        (host and PID namespace) and its process is dead, else once older than the longest a
+        check can take. Computed when read (healthchecks' ``Check.get_status`` is the model);
+        only the worker and the commands store it (``reap_stale``)."""
+        if self.status != CheckStatus.RUNNING:
+            return False
+        runner_scope, _, pid = self.runner.rpartition(":")
+        if runner_scope == process_scope() and pid.isdigit() and not _process_alive(int(pid)):
+            return True
+        cutoff = (now or timezone.now()) - timezone.timedelta(seconds=check_max_runtime())
+        return self.started_at is None or self.started_at < cutoff
+
+    def get_status(self):
+        return CheckStatus.FAILED if self.is_interrupted() else self.status
+
+    def get_status_display(self):
+        return CheckStatus(self.get_status()).label
+
+    def get_outcome(self):
+        return Outcome.INTERRUPTED if self.is_interrupted() else self.outcome
+
+    def get_detail(self):
+        return INTERRUPTED_REASON if self.is_interrupted() else self.reason
+
     @property
     def is_finished(self):
-        return self.status in (CheckStatus.SUCCEEDED, CheckStatus.FAILED)
+        return self.get_status() in (CheckStatus.SUCCEEDED, CheckStatus.FAILED)
 
     @property
     def message(self):
         """What happened, in the active language ("" while it has not finished)."""
-        from .connection_check import outcome_text
-
-        return outcome_text(self.outcome)[0] if self.outcome else ""
+        outcome = self.get_outcome()
+        return outcome_text(outcome)[0] if outcome else ""
 
     @property
     def hint(self):
-        from .connection_check import outcome_text
-
-        return outcome_text(self.outcome)[1] if self.outcome else ""
+        outcome = self.get_outcome()
+        return outcome_text(outcome)[1] if outcome else ""
 
     @property
     def latency_ms(self):
@@ -481,8 +518,6 @@ class ConnectionCheck(models.Model):
 
     def finish(self, outcome, detail="", connack_code=None, latencies=None):
         """Store a result; only the fields a result changes (background work)."""
-        from .connection_check import Outcome
-
         self.status = CheckStatus.SUCCEEDED if outcome == Outcome.ACCEPTED else CheckStatus.FAILED
         self.outcome = outcome
         self.reason = detail
@@ -496,15 +531,16 @@ class ConnectionCheck(models.Model):
         )
 
     def to_dict(self):
+        interrupted = self.is_interrupted()
         return {
             "id": self.pk,
             "productId": self.device.product.product_id,
             "deviceId": self.device.device_id,
-            "status": self.status,
-            "outcome": self.outcome or None,
+            "status": CheckStatus.FAILED if interrupted else self.status,
+            "outcome": (Outcome.INTERRUPTED if interrupted else self.outcome) or None,
             "reason": self.message or None,
             "hint": self.hint or None,
-            "detail": self.reason or None,
+            "detail": (INTERRUPTED_REASON if interrupted else self.reason) or None,
             "connackCode": self.connack_code,
             "latencyMs": self.latency_ms,
             "latencies": self.latencies,

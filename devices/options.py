@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from django.utils.translation import gettext as _
 
 from . import signing
+from .choices import DEFAULT_SIGN_METHOD
 
-DEFAULT_SIGN_METHOD = "hmacsha256"
 # The query parameters of the options, as the JSON endpoint and the console's form name them.
 QUERY_NAMES = ("securemode", "signmethod", "timestamp", "clientId", "exclusive")
 

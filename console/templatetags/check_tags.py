@@ -7,29 +7,27 @@ from django import template
 from django.conf import settings
 from django.urls import reverse
 
-from devices.connection_check import PROTOCOLS
-from devices.models import ConnectionCheck, DeviceStatus
+from devices.choices import CHECK_PROTOCOLS, CHECK_STATUS_BADGES, DeviceStatus, Permission
 from devices.options import QUERY_NAMES
 
 register = template.Library()
 
 HISTORY_LENGTH = 10
-CHECK_PERMISSION = "devices.add_connectioncheck"
 
 
 @register.simple_tag(takes_context=True)
 def check_panel(context, device):
-    """The device's latest checks (stale ones settled first) and what the user may do."""
+    """The device's latest checks and what the user may do. Reads only: a check whose worker
+    died shows as failed (``ConnectionCheck.get_status``) without being written."""
     request = context.get("request")
     user = getattr(request, "user", None)
-    ConnectionCheck.objects.reap_stale()
     checks = list(device.checks.select_related("requested_by")[:HISTORY_LENGTH])
     product_id, device_id = device.product.product_id, device.device_id
     return {
         "checks": checks,
-        "can_run": bool(user and user.has_perm(CHECK_PERMISSION)),
+        "can_run": bool(user and user.has_perm(Permission.RUN_CHECK)),
         "online": device.status == DeviceStatus.ONLINE,
-        "protocols": list(PROTOCOLS),
+        "protocols": list(CHECK_PROTOCOLS),
         "tls_available": bool(settings.MQTT_TLS_PORT),
         # The panel's options as the page was asked for, so that the form without JavaScript
         # tests what the panel shows (checks.js reads the panel's live values instead).
@@ -48,10 +46,7 @@ def latency(check, step):
     return "" if value is None else f"{value:.0f}"
 
 
-_BADGES = {"succeeded": "badge-online", "failed": "badge-disabled"}
-
-
 @register.filter
 def check_badge(status):
     """The console's badge colours: green succeeded, red failed, amber queued/running."""
-    return _BADGES.get(status, "badge-inactive")
+    return CHECK_STATUS_BADGES.get(status, "badge-inactive")

@@ -6,6 +6,7 @@ The token is printed alone on the last line, so that scripts can take it with ``
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
+from devices.choices import Permission
 from devices.models import ApiToken
 
 
@@ -31,8 +32,8 @@ class Command(BaseCommand):
             f"API token {record.token_prefix}… for {username} (shown only this once; "
             "revoke it by deleting it in the admin):"
         )
-        if not user.has_perm("devices.view_device_secret"):
+        if not user.has_perm(Permission.VIEW_SECRET):
             self.stdout.write(
-                "Note: this user lacks devices.view_device_secret, so mqtt-params answers 403."
+                f"Note: this user lacks {Permission.VIEW_SECRET}, so mqtt-params answers 403."
             )
         self.stdout.write(token)
