@@ -48,6 +48,8 @@ from amqtt.plugins.base import BaseTopicPlugin
 from amqtt.session import Session
 from django.db import close_old_connections
 
+from devices.choices import refusal
+
 from . import verifier
 
 logger = logging.getLogger("broker.embedded")
@@ -57,7 +59,6 @@ MAX_CONNECT_BYTES = 64 * 1024
 WATCH_INTERVAL_S = 0.5  # how often connected devices are checked for disable/rotation/deletion
 STATUS_BATCH_S = 0.1  # status changes are written together, at most this often
 SESSION_KEY = "portal.connection"
-CONNACK_UNACCEPTABLE_PROTOCOL = 0x01
 _PROTOCOL_NAMES = {("MQTT", 4): "3.1.1", ("MQIsdp", 3): "3.1", ("MQTT", 5): "5.0"}
 
 
@@ -113,15 +114,18 @@ class PortalProtocolHandler(BrokerProtocolHandler):
             await self.handle_connection_closed()
 
     async def handle_publish(self, publish_packet) -> None:
-        qos = publish_packet.qos or 0
-        refusal = verifier.publish_refusal(qos, bool(publish_packet.retain_flag))
-        if refusal is not None:
-            conn = self.connection()
-            if conn is not None:
-                await conn.close(f"PUBLISH to {publish_packet.topic_name!r} refused: {refusal}")
-            else:
-                await self.close_connection()
+        conn = self.connection()
+        if conn is None:
+            await self.close_connection()
             return
+        verdict = verifier.authorize_topic(
+            conn.product_id, conn.device_id, "publish", publish_packet.topic_name or "",
+            publish_packet.qos or 0, bool(publish_packet.retain_flag),
+        )
+        if verdict.profile:
+            await conn.close(f"PUBLISH to {publish_packet.topic_name!r} refused: {verdict.reason}")
+            return
+        # Outside the topic space: amqtt asks DeviceTopicPlugin, which drops it and logs why.
         await super().handle_publish(publish_packet)
 
     def handle_read_timeout(self) -> None:
@@ -144,18 +148,22 @@ class DeviceTopicPlugin(BaseTopicPlugin):
             return False
         if action == Action.RECEIVE:
             return True  # it only receives what its own subscriptions (all inside) match
-        allowed = verifier.topic_allowed(conn.product_id, conn.device_id, topic or "")
-        if not allowed:
+        # The QoS and retain flag were judged by handle_publish; a subscription's QoS is capped.
+        verdict = verifier.authorize_topic(
+            conn.product_id, conn.device_id,
+            "publish" if action == Action.PUBLISH else "subscribe", topic or "",
+        )
+        if not verdict.allowed:
             verb = "publish to" if action == Action.PUBLISH else "subscribe to"
             logger.warning(
-                "Refused %s %r by %s (clientId %r): outside its topic space %s/# and %s/#",
+                "Refused %s %r by %s (clientId %r): %s",
                 verb,
                 topic,
                 conn.name,
                 conn.client_id,
-                *verifier.topic_spaces(conn.product_id, conn.device_id),
+                verdict.reason,
             )
-        return allowed
+        return verdict.allowed
 
 
 def _run_in_django(function, *args):
@@ -315,10 +323,12 @@ class PortalBroker(Broker):
         finally:
             server.release_connection()
 
-    async def _refuse(self, writer: WriterAdapter, code: int, peer: str, why: str) -> None:
-        logger.warning("Refused CONNECT from %s (CONNACK 0x%02x): %s", peer, code, why)
+    async def _refuse(self, writer: WriterAdapter, code: str, peer: str, why: str) -> None:
+        """Answer a refusal code with its CONNACK (devices.choices.REFUSALS) and close."""
+        connack = refusal(code).connack
+        logger.warning("Refused CONNECT from %s (CONNACK 0x%02x): %s: %s", peer, connack, code, why)
         try:
-            writer.write(_connack(code))
+            writer.write(_connack(connack))
             await writer.drain()
         except (ConnectionError, OSError):
             pass
@@ -345,7 +355,7 @@ class PortalBroker(Broker):
         if (name, level) != ("MQTT", 4):
             version = _PROTOCOL_NAMES.get((name, level), f"{name!r} level {level}")
             await self._refuse(
-                writer, CONNACK_UNACCEPTABLE_PROTOCOL, peer,
+                writer, "unsupported_protocol", peer,
                 f"MQTT {version} is not spoken by the embedded broker (MQTT 3.1.1 only; "
                 "use the EMQX set-up for 3.1 and 5.0)",
             )
@@ -371,32 +381,32 @@ class PortalBroker(Broker):
         username = connect.payload.username
         who = f"{peer} over {transport} (mqttClientId {mqtt_client_id!r}, username {username!r})"
         if variable.reserved_flag:
-            await self._refuse(writer, 0x05, who, "CONNECT reserved flag set [MQTT-3.1.2-3]")
+            await self._refuse(writer, "reserved_flag", who, "CONNECT reserved flag set [MQTT-3.1.2-3]")
             return
         if variable.will_flag:
-            await self._refuse(writer, verifier.CONNACK_NOT_AUTHORIZED, who,
+            await self._refuse(writer, "will_not_supported", who,
                                "will messages are not supported (spec §1)")
             return
         if not variable.username_flag or not variable.password_flag or username is None:
-            await self._refuse(writer, verifier.CONNACK_BAD_USERNAME_OR_PASSWORD, who,
+            await self._refuse(writer, "missing_credentials", who,
                                "mqttUsername and mqttPassword are required")
             return
 
         try:
-            verdict, record = await self._db(
+            verdict = await self._db(
                 self._auth_pool, verifier.authenticate_connect,
                 mqtt_client_id, username, connect.payload.password, transport,
             )
         except Exception as error:
             logger.error("Registry unavailable while verifying %s: %s", who, error)
-            await self._refuse(writer, 0x03, who, "registry unavailable (server unavailable)")
+            await self._refuse(writer, "registry_unavailable", who,
+                               "registry unavailable (server unavailable)")
             return
         if not verdict.accepted:
-            await self._refuse(writer, verifier.connack_code(verdict), who,
-                               f"{verdict.code}: {verdict.reason}")
+            await self._refuse(writer, verdict.code, who, verdict.reason)
             return
 
-        parsed = verdict.parsed
+        parsed, record = verdict.parsed, verdict.record
         conn = DeviceConnection(
             product_id=record.product_id,
             device_id=record.device_id,
@@ -409,12 +419,12 @@ class PortalBroker(Broker):
         )
         async with self._admission:
             previous = self.live.get(conn.key)
-            if previous is not None and previous.exclusive and previous.closing_reason is None:
-                await self._refuse(
-                    writer, verifier.CONNACK_NOT_AUTHORIZED, who,
-                    f"exclusive_connection: {conn.name} is connected in exclusive mode "
-                    f"(clientId {previous.client_id!r}); newcomers are refused until it leaves",
-                )
+            holder = None
+            if previous is not None and previous.closing_reason is None:
+                holder = verifier.Holder(previous.client_id, previous.exclusive)
+            admitted = verifier.admit(verdict, holder)
+            if not admitted.accepted:
+                await self._refuse(writer, admitted.code, who, admitted.reason)
                 return
             self.live[conn.key] = conn
         await self._run_session(conn, previous, connect, reader, writer, who)

@@ -161,11 +161,9 @@ def mqtt_acl(request, body):
             reason = "unknown device"
         elif not record.enabled:
             reason = "the device is disabled"
-        elif action == "publish" and verifier.publish_refusal(qos, retain):
-            reason = verifier.publish_refusal(qos, retain)
-        elif not verifier.topic_allowed(product_id, device_id, topic):
-            spaces = verifier.topic_spaces(product_id, device_id)
-            reason = f"outside the device's topic space {spaces[0]}/# and {spaces[1]}/#"
+        else:
+            verdict = verifier.authorize_topic(product_id, device_id, action, topic, qos, retain)
+            reason = None if verdict.allowed else verdict.reason
     if reason is not None:
         logger.warning("Hook refused %s %r for clientid %r, username %r: %s",
                        action, topic, client_id, username, reason)

@@ -1,9 +1,13 @@
 """The one verifier between a broker and the registry.
 
-The embedded broker (``devices/broker.py``) and the EMQX hooks (``devices/hooks.py``) both call
-:func:`verify_connect` for a CONNECT and :func:`topic_allowed` for a publish or subscribe. The
-signing rules themselves live in ``devices/signing.py``; this module only finds the device and
-hands its secret to them.
+The embedded broker (``broker/embedded.py``) and the EMQX hooks (``broker/hooks.py``) both take
+their decisions here and only carry them out: :func:`authenticate_connect` gives one
+:class:`ConnectVerdict` per CONNECT (from one parse of its fields), :func:`admit` applies the
+one-connection-per-device rule (``exclusive``) to it, and :func:`authorize_topic` decides a
+publish or subscribe. A refusal is a stable code from ``devices.choices.REFUSALS``, which carries
+the CONNACK it is answered with (MQTT 3.1.1) and its reason code (MQTT 5.0). The signing rules
+themselves live in ``devices/signing.py``; this module only finds the device and hands its
+secret to them.
 
 Looked-up devices are kept for at most ``settings.MQTT_AUTH_CACHE_MS`` (≤ 1.5 s), and only
 positive look-ups are kept. That is the whole invalidation story: whatever changes a device
@@ -21,18 +25,9 @@ from datetime import datetime
 from django.conf import settings
 
 from devices import signing
+from devices.choices import TOPIC_ACTIONS, TRANSPORTS, Refusal, refusal
 
-TRANSPORTS = ("tcp", "tls")
-ACTIONS = ("publish", "subscribe")
-# What a CONNACK (MQTT 3.1.1) says for each refusal code of the verifier.
-CONNACK_IDENTIFIER_REJECTED = 0x02
-CONNACK_BAD_USERNAME_OR_PASSWORD = 0x04
-CONNACK_NOT_AUTHORIZED = 0x05
-_IDENTIFIER_CODES = {
-    "malformed_client_id", "client_id_too_long", "missing_securemode", "bad_securemode",
-    "unsupported_signmethod", "bad_timestamp", "bad_exclusive",
-}
-_CREDENTIAL_CODES = {"malformed_username", "unknown_device", "bad_signature", "wrong_device"}
+ACTIONS = TOPIC_ACTIONS
 
 
 @dataclass(frozen=True)
@@ -108,68 +103,104 @@ def lookup_device(product_id: str, device_id: str) -> DeviceRecord | None:
     return record
 
 
+@dataclass(frozen=True)
+class ConnectVerdict:
+    """The verifier's answer to one CONNECT. ``reason`` is safe to log (never a secret or a
+    password); ``record`` is the device's, only when it was accepted."""
+
+    accepted: bool
+    code: str
+    reason: str
+    parsed: signing.ParsedConnect | None = None
+    record: DeviceRecord | None = None
+
+    @property
+    def refusal(self) -> Refusal | None:
+        return None if self.accepted else refusal(self.code)
+
+    @property
+    def connack(self) -> int:
+        """The MQTT 3.1.1 CONNACK return code (0 when accepted)."""
+        return 0 if self.accepted else self.refusal.connack
+
+    @property
+    def reason_code(self) -> int:
+        """The MQTT 5.0 CONNACK reason code (0 when accepted)."""
+        return 0 if self.accepted else self.refusal.reason_code
+
+
+def refuse(code: str, reason: str, parsed: signing.ParsedConnect | None = None) -> ConnectVerdict:
+    return ConnectVerdict(False, code, reason, parsed)
+
+
 def authenticate_connect(
     mqtt_client_id, mqtt_username, mqtt_password, transport: str | None = None
-) -> tuple[signing.Verdict, DeviceRecord | None]:
-    """Verify a CONNECT against the registry; the record is returned only when accepted.
+) -> ConnectVerdict:
+    """Verify a CONNECT against the registry, from one parse of its fields.
 
     Order: the fields' form, then the device's existence, then the signature (and the
-    transport and clock rules, all in ``signing.verify``), and only then whether the device is
-    enabled, so that "device disabled" in a log always means a correctly signed device.
+    transport and clock rules, all in ``signing.verify_parsed``), and only then whether the
+    device is enabled, so that "device disabled" in a log always means a correctly signed device.
     """
     if transport is not None and transport not in TRANSPORTS:
         raise ValueError(f"transport must be one of {TRANSPORTS} or None, not {transport!r}")
     try:
         parsed = signing.parse_connect(mqtt_client_id, mqtt_username)
     except signing.SigningError as error:
-        return signing.Verdict(False, error.code, error.message), None
+        return refuse(error.code, error.message)
     record = lookup_device(parsed.product_id, parsed.device_id)
     if record is None:
-        return (
-            signing.Verdict(
-                False,
-                "unknown_device",
-                f"No device {parsed.device_id!r} in product {parsed.product_id!r}.",
-                parsed,
-            ),
-            None,
+        return refuse(
+            "unknown_device",
+            f"No device {parsed.device_id!r} in product {parsed.product_id!r}.",
+            parsed,
         )
-    verdict = signing.verify(
-        mqtt_client_id,
-        mqtt_username,
+    verdict = signing.verify_parsed(
+        parsed,
         mqtt_password if isinstance(mqtt_password, str) else "",
         record.secret,
-        product_id=record.product_id,
-        device_id=record.device_id,
         transport=transport,
         max_skew_ms=settings.MQTT_MAX_CLOCK_SKEW_MS,
     )
     if not verdict.accepted:
-        return verdict, None
+        return refuse(verdict.code, verdict.reason, parsed)
     if not record.enabled:
-        return (
-            signing.Verdict(
-                False, "device_disabled", "The device is disabled in the portal.", verdict.parsed
-            ),
-            None,
-        )
-    return verdict, record
+        return refuse("device_disabled", "The device is disabled in the portal.", parsed)
+    return ConnectVerdict(True, "accepted", "accepted", parsed, record)
+
+
+@dataclass(frozen=True)
+class Holder:
+    """The connection that holds a device now (whichever broker keeps it)."""
+
+    client_id: str
+    exclusive: bool
+
+
+def admit(verdict: ConnectVerdict, holder: Holder | None) -> ConnectVerdict:
+    """One live connection per device (spec §4): an accepted newcomer replaces the holder,
+    unless the holder connected with ``exclusive=true``; then the newcomer is refused."""
+    if not verdict.accepted or holder is None or not holder.exclusive:
+        return verdict
+    record = verdict.record
+    return refuse(
+        "exclusive_connection",
+        f"{record.product_id}/{record.device_id} is connected in exclusive mode (clientId "
+        f"{holder.client_id!r}); newcomers are refused until it leaves",
+        verdict.parsed,
+    )
 
 
 def verify_connect(
     mqtt_client_id, mqtt_username, mqtt_password, transport: str | None = None
-) -> signing.Verdict:
+) -> ConnectVerdict:
     """Accept or refuse a CONNECT; the verdict's ``reason`` is safe to log."""
-    return authenticate_connect(mqtt_client_id, mqtt_username, mqtt_password, transport)[0]
+    return authenticate_connect(mqtt_client_id, mqtt_username, mqtt_password, transport)
 
 
-def connack_code(verdict: signing.Verdict) -> int:
-    """The MQTT 3.1.1 CONNACK return code for a refusal."""
-    if verdict.code in _IDENTIFIER_CODES:
-        return CONNACK_IDENTIFIER_REJECTED
-    if verdict.code in _CREDENTIAL_CODES:
-        return CONNACK_BAD_USERNAME_OR_PASSWORD
-    return CONNACK_NOT_AUTHORIZED
+def connack_code(verdict: ConnectVerdict) -> int:
+    """The MQTT 3.1.1 CONNACK return code for a verdict."""
+    return verdict.connack
 
 
 def topic_spaces(product_id: str, device_id: str) -> tuple[str, str]:
@@ -198,3 +229,40 @@ def publish_refusal(qos: int, retain: bool) -> str | None:
     if retain:
         return "retained messages are not supported (spec §1); publish without the retain flag."
     return None
+
+
+@dataclass(frozen=True)
+class TopicVerdict:
+    """The answer to a publish or subscribe. ``profile`` refusals (QoS 2, retain) break the
+    protocol profile (spec §1): the embedded broker closes the connection for them."""
+
+    allowed: bool
+    code: str
+    reason: str = ""
+
+    @property
+    def profile(self) -> bool:
+        return self.code in ("qos_not_supported", "retain_not_supported")
+
+
+def authorize_topic(
+    product_id: str, device_id: str, action: str, topic: str, qos: int = 0, retain: bool = False
+) -> TopicVerdict:
+    """May this device publish to / subscribe to ``topic`` (spec §1 and §4)? The one rule both
+    brokers apply; a subscription's QoS is not judged here (it is granted at most 1)."""
+    if action not in ACTIONS:
+        raise ValueError(f"action must be one of {ACTIONS}, not {action!r}")
+    if action == "publish":
+        why = publish_refusal(qos, retain)
+        if why is not None:
+            return TopicVerdict(
+                False, "qos_not_supported" if qos == 2 else "retain_not_supported", why
+            )
+    if not topic_allowed(product_id, device_id, topic):
+        spaces = topic_spaces(product_id, device_id)
+        return TopicVerdict(
+            False,
+            "outside_topic_space",
+            f"outside the device's topic space {spaces[0]}/# and {spaces[1]}/#",
+        )
+    return TopicVerdict(True, "allowed")

@@ -421,6 +421,32 @@ def check_timestamp(parsed: ParsedConnect, max_skew_ms: int, now: int | None = N
         )
 
 
+def verify_parsed(
+    parsed: ParsedConnect,
+    mqtt_password: str,
+    device_secret: str,
+    *,
+    transport: str | None = None,
+    max_skew_ms: int = 0,
+    now: int | None = None,
+) -> Verdict:
+    """Verify an already parsed CONNECT against the device's secret: the transport and clock
+    rules, then the password. The verifier calls this after its one :func:`parse_connect`."""
+    try:
+        check_transport(parsed, transport)
+        check_timestamp(parsed, max_skew_ms, now)
+    except SigningError as error:
+        return Verdict(False, error.code, error.message, parsed)
+    if not password_matches(parsed, device_secret, mqtt_password):
+        return Verdict(
+            False,
+            "bad_signature",
+            "mqttPassword does not match the signature of the device's secret.",
+            parsed,
+        )
+    return Verdict(True, "accepted", "accepted", parsed)
+
+
 def verify(
     mqtt_client_id: str,
     mqtt_username: str,
@@ -436,23 +462,15 @@ def verify(
     """Verify CONNECT fields against a known device secret, with every rule of the spec.
 
     ``product_id``/``device_id``, when given, must equal what the username names. Callers that
-    look the secret up from the username use :func:`parse_connect` first, then this.
+    look the secret up from the username use :func:`parse_connect` first, then
+    :func:`verify_parsed`.
     """
     try:
         parsed = parse_connect(mqtt_client_id, mqtt_username)
-        if product_id is not None and (parsed.product_id, parsed.device_id) != (product_id, device_id):
-            raise SigningError(
-                "wrong_device", "mqttUsername names another device.", "mqttUsername"
-            )
-        check_transport(parsed, transport)
-        check_timestamp(parsed, max_skew_ms, now)
     except SigningError as error:
         return Verdict(False, error.code, error.message)
-    if not password_matches(parsed, device_secret, mqtt_password):
-        return Verdict(
-            False,
-            "bad_signature",
-            "mqttPassword does not match the signature of the device's secret.",
-            parsed,
-        )
-    return Verdict(True, "accepted", "accepted", parsed)
+    if product_id is not None and (parsed.product_id, parsed.device_id) != (product_id, device_id):
+        return Verdict(False, "wrong_device", "mqttUsername names another device.", parsed)
+    return verify_parsed(
+        parsed, mqtt_password, device_secret, transport=transport, max_skew_ms=max_skew_ms, now=now
+    )
