@@ -48,6 +48,8 @@ from amqtt.plugins.base import BaseTopicPlugin
 from amqtt.session import Session
 from django.db import close_old_connections
 
+from devices.logsafe import MAX_TEXT_CHARS, shown
+
 from . import verifier
 
 logger = logging.getLogger("broker.embedded")
@@ -95,7 +97,8 @@ class DeviceConnection:
         if self.closing_reason is None:
             self.closing_reason = reason
             logger.warning(
-                "Disconnecting %s (clientId %r): %s", self.name, self.client_id, reason
+                "Disconnecting %s (clientId %r): %s", self.name, shown(self.client_id),
+                shown(reason, MAX_TEXT_CHARS),
             )
         if self.handler is not None:
             await self.handler.close_connection()
@@ -118,7 +121,7 @@ class PortalProtocolHandler(BrokerProtocolHandler):
         if refusal is not None:
             conn = self.connection()
             if conn is not None:
-                await conn.close(f"PUBLISH to {publish_packet.topic_name!r} refused: {refusal}")
+                await conn.close(f"PUBLISH to {shown(publish_packet.topic_name)!r} refused: {refusal}")
             else:
                 await self.close_connection()
             return
@@ -150,9 +153,9 @@ class DeviceTopicPlugin(BaseTopicPlugin):
             logger.warning(
                 "Refused %s %r by %s (clientId %r): outside its topic space %s/# and %s/#",
                 verb,
-                topic,
+                shown(topic),
                 conn.name,
-                conn.client_id,
+                shown(conn.client_id),
                 *verifier.topic_spaces(conn.product_id, conn.device_id),
             )
         return allowed
@@ -311,12 +314,13 @@ class PortalBroker(Broker):
         try:
             await self._serve(listener_name, reader, writer)
         except (AMQTTError, MQTTError, NoDataError, ConnectionError) as error:
-            logger.info("Connection on %s ended: %s", listener_name, error)
+            logger.info("Connection on %s ended: %s", listener_name, shown(error, MAX_TEXT_CHARS))
         finally:
             server.release_connection()
 
     async def _refuse(self, writer: WriterAdapter, code: int, peer: str, why: str) -> None:
-        logger.warning("Refused CONNECT from %s (CONNACK 0x%02x): %s", peer, code, why)
+        logger.warning("Refused CONNECT from %s (CONNACK 0x%02x): %s", shown(peer, MAX_TEXT_CHARS), code,
+                       shown(why, MAX_TEXT_CHARS))
         try:
             writer.write(_connack(code))
             await writer.drain()
@@ -331,11 +335,11 @@ class PortalBroker(Broker):
             await writer.close()
             return None
         if header.packet_type != CONNECT:
-            logger.warning("Closed connection from %s: first packet is not a CONNECT", peer)
+            logger.warning("Closed connection from %s: first packet is not a CONNECT", shown(peer))
             await writer.close()
             return None
         if header.remaining_length > MAX_CONNECT_BYTES:
-            logger.warning("Closed connection from %s: CONNECT of %d bytes", peer, header.remaining_length)
+            logger.warning("Closed connection from %s: CONNECT of %d bytes", shown(peer), header.remaining_length)
             await writer.close()
             return None
         body = await reader.read(header.remaining_length)
@@ -343,7 +347,7 @@ class PortalBroker(Broker):
         name = body[2 : 2 + name_length].decode("utf-8", "replace")
         level = body[2 + name_length] if len(body) > 2 + name_length else None
         if (name, level) != ("MQTT", 4):
-            version = _PROTOCOL_NAMES.get((name, level), f"{name!r} level {level}")
+            version = _PROTOCOL_NAMES.get((name, level), f"{shown(name)!r} level {level}")
             await self._refuse(
                 writer, CONNACK_UNACCEPTABLE_PROTOCOL, peer,
                 f"MQTT {version} is not spoken by the embedded broker (MQTT 3.1.1 only; "
@@ -360,7 +364,7 @@ class PortalBroker(Broker):
         try:
             connect = await asyncio.wait_for(self._read_connect(reader, writer, peer), CONNECT_TIMEOUT_S)
         except (TimeoutError, asyncio.IncompleteReadError, NoDataError, MQTTError, AMQTTError, UnicodeDecodeError, IndexError) as error:
-            logger.warning("Closed connection from %s: no valid CONNECT (%s)", peer, type(error).__name__)
+            logger.warning("Closed connection from %s: no valid CONNECT (%s)", shown(peer), type(error).__name__)
             await writer.close()
             return
         if connect is None:
@@ -369,7 +373,7 @@ class PortalBroker(Broker):
         variable = connect.variable_header
         mqtt_client_id = connect.payload.client_id if not connect.payload.client_id_is_random else ""
         username = connect.payload.username
-        who = f"{peer} over {transport} (mqttClientId {mqtt_client_id!r}, username {username!r})"
+        who = f"{peer} over {transport} (mqttClientId {shown(mqtt_client_id)!r}, username {shown(username)!r})"
         if variable.reserved_flag:
             await self._refuse(writer, 0x05, who, "CONNECT reserved flag set [MQTT-3.1.2-3]")
             return
@@ -388,7 +392,8 @@ class PortalBroker(Broker):
                 mqtt_client_id, username, connect.payload.password, transport,
             )
         except Exception as error:
-            logger.error("Registry unavailable while verifying %s: %s", who, error)
+            logger.error("Registry unavailable while verifying %s: %s", shown(who, MAX_TEXT_CHARS),
+                         shown(error, MAX_TEXT_CHARS))
             await self._refuse(writer, 0x03, who, "registry unavailable (server unavailable)")
             return
         if not verdict.accepted:
@@ -413,7 +418,7 @@ class PortalBroker(Broker):
                 await self._refuse(
                     writer, verifier.CONNACK_NOT_AUTHORIZED, who,
                     f"exclusive_connection: {conn.name} is connected in exclusive mode "
-                    f"(clientId {previous.client_id!r}); newcomers are refused until it leaves",
+                    f"(clientId {shown(previous.client_id)!r}); newcomers are refused until it leaves",
                 )
                 return
             self.live[conn.key] = conn
@@ -424,7 +429,7 @@ class PortalBroker(Broker):
         """From the accepted CONNECT to the end of the connection; always leaves ``live`` right."""
         try:
             if previous is not None:
-                await previous.close(f"replaced by a newer connection (clientId {conn.client_id!r})")
+                await previous.close(f"replaced by a newer connection (clientId {shown(conn.client_id)!r})")
             session = Session()
             session.client_id = conn.session_id
             session.clean_session = True
@@ -440,7 +445,8 @@ class PortalBroker(Broker):
             self._sessions[conn.session_id] = (session, handler)
             session.transitions.connect()
             await handler.mqtt_connack_authorize(True)
-            logger.info("Accepted %s as %s%s", who, conn.name, " (exclusive)" if conn.exclusive else "")
+            logger.info("Accepted %s as %s%s", shown(who, MAX_TEXT_CHARS), conn.name,
+                        " (exclusive)" if conn.exclusive else "")
             self._status(conn, online=True)
             await self.plugins_manager.fire_event(
                 BrokerEvents.CLIENT_CONNECTED, client_id=conn.session_id, client_session=session
@@ -454,8 +460,8 @@ class PortalBroker(Broker):
             if self.live.get(conn.key) is conn:
                 del self.live[conn.key]
                 self._status(conn, online=False)
-            logger.info("%s (clientId %r) disconnected%s", conn.name, conn.client_id,
-                        f": {conn.closing_reason}" if conn.closing_reason else "")
+            logger.info("%s (clientId %r) disconnected%s", conn.name, shown(conn.client_id),
+                        shown(f": {conn.closing_reason}" if conn.closing_reason else "", MAX_TEXT_CHARS))
 
     # -- the protocol profile around amqtt's message loop -----------------------------------
 
