@@ -49,6 +49,7 @@ from amqtt.session import Session
 from django.db import close_old_connections
 
 from devices.choices import refusal
+from devices.logsafe import MAX_TEXT_CHARS, shown
 
 from . import verifier
 
@@ -96,7 +97,8 @@ class DeviceConnection:
         if self.closing_reason is None:
             self.closing_reason = reason
             logger.warning(
-                "Disconnecting %s (clientId %r): %s", self.name, self.client_id, reason
+                "Disconnecting %s (clientId %r): %s", self.name, shown(self.client_id),
+                shown(reason, MAX_TEXT_CHARS),
             )
         if self.handler is not None:
             await self.handler.close_connection()
@@ -123,7 +125,7 @@ class PortalProtocolHandler(BrokerProtocolHandler):
             publish_packet.qos or 0, bool(publish_packet.retain_flag),
         )
         if verdict.profile:
-            await conn.close(f"PUBLISH to {publish_packet.topic_name!r} refused: {verdict.reason}")
+            await conn.close(f"PUBLISH to {shown(publish_packet.topic_name)!r} refused: {verdict.reason}")
             return
         # Outside the topic space: amqtt asks DeviceTopicPlugin, which drops it and logs why.
         await super().handle_publish(publish_packet)
@@ -158,9 +160,9 @@ class DeviceTopicPlugin(BaseTopicPlugin):
             logger.warning(
                 "Refused %s %r by %s (clientId %r): %s",
                 verb,
-                topic,
+                shown(topic),
                 conn.name,
-                conn.client_id,
+                shown(conn.client_id),
                 verdict.reason,
             )
         return verdict.allowed
@@ -319,14 +321,15 @@ class PortalBroker(Broker):
         try:
             await self._serve(listener_name, reader, writer)
         except (AMQTTError, MQTTError, NoDataError, ConnectionError) as error:
-            logger.info("Connection on %s ended: %s", listener_name, error)
+            logger.info("Connection on %s ended: %s", listener_name, shown(error, MAX_TEXT_CHARS))
         finally:
             server.release_connection()
 
     async def _refuse(self, writer: WriterAdapter, code: str, peer: str, why: str) -> None:
         """Answer a refusal code with its CONNACK (devices.choices.REFUSALS) and close."""
         connack = refusal(code).connack
-        logger.warning("Refused CONNECT from %s (CONNACK 0x%02x): %s: %s", peer, connack, code, why)
+        logger.warning("Refused CONNECT from %s (CONNACK 0x%02x): %s: %s", shown(peer, MAX_TEXT_CHARS),
+                       connack, code, shown(why, MAX_TEXT_CHARS))
         try:
             writer.write(_connack(connack))
             await writer.drain()
@@ -341,11 +344,11 @@ class PortalBroker(Broker):
             await writer.close()
             return None
         if header.packet_type != CONNECT:
-            logger.warning("Closed connection from %s: first packet is not a CONNECT", peer)
+            logger.warning("Closed connection from %s: first packet is not a CONNECT", shown(peer))
             await writer.close()
             return None
         if header.remaining_length > MAX_CONNECT_BYTES:
-            logger.warning("Closed connection from %s: CONNECT of %d bytes", peer, header.remaining_length)
+            logger.warning("Closed connection from %s: CONNECT of %d bytes", shown(peer), header.remaining_length)
             await writer.close()
             return None
         body = await reader.read(header.remaining_length)
@@ -353,7 +356,7 @@ class PortalBroker(Broker):
         name = body[2 : 2 + name_length].decode("utf-8", "replace")
         level = body[2 + name_length] if len(body) > 2 + name_length else None
         if (name, level) != ("MQTT", 4):
-            version = _PROTOCOL_NAMES.get((name, level), f"{name!r} level {level}")
+            version = _PROTOCOL_NAMES.get((name, level), f"{shown(name)!r} level {level}")
             await self._refuse(
                 writer, "unsupported_protocol", peer,
                 f"MQTT {version} is not spoken by the embedded broker (MQTT 3.1.1 only; "
@@ -370,7 +373,7 @@ class PortalBroker(Broker):
         try:
             connect = await asyncio.wait_for(self._read_connect(reader, writer, peer), CONNECT_TIMEOUT_S)
         except (TimeoutError, asyncio.IncompleteReadError, NoDataError, MQTTError, AMQTTError, UnicodeDecodeError, IndexError) as error:
-            logger.warning("Closed connection from %s: no valid CONNECT (%s)", peer, type(error).__name__)
+            logger.warning("Closed connection from %s: no valid CONNECT (%s)", shown(peer), type(error).__name__)
             await writer.close()
             return
         if connect is None:
@@ -379,7 +382,7 @@ class PortalBroker(Broker):
         variable = connect.variable_header
         mqtt_client_id = connect.payload.client_id if not connect.payload.client_id_is_random else ""
         username = connect.payload.username
-        who = f"{peer} over {transport} (mqttClientId {mqtt_client_id!r}, username {username!r})"
+        who = f"{peer} over {transport} (mqttClientId {shown(mqtt_client_id)!r}, username {shown(username)!r})"
         if variable.reserved_flag:
             await self._refuse(writer, "reserved_flag", who, "CONNECT reserved flag set [MQTT-3.1.2-3]")
             return
@@ -398,7 +401,8 @@ class PortalBroker(Broker):
                 mqtt_client_id, username, connect.payload.password, transport,
             )
         except Exception as error:
-            logger.error("Registry unavailable while verifying %s: %s", who, error)
+            logger.error("Registry unavailable while verifying %s: %s", shown(who, MAX_TEXT_CHARS),
+                         shown(error, MAX_TEXT_CHARS))
             await self._refuse(writer, "registry_unavailable", who,
                                "registry unavailable (server unavailable)")
             return
@@ -434,7 +438,7 @@ class PortalBroker(Broker):
         """From the accepted CONNECT to the end of the connection; always leaves ``live`` right."""
         try:
             if previous is not None:
-                await previous.close(f"replaced by a newer connection (clientId {conn.client_id!r})")
+                await previous.close(f"replaced by a newer connection (clientId {shown(conn.client_id)!r})")
             session = Session()
             session.client_id = conn.session_id
             session.clean_session = True
@@ -450,7 +454,8 @@ class PortalBroker(Broker):
             self._sessions[conn.session_id] = (session, handler)
             session.transitions.connect()
             await handler.mqtt_connack_authorize(True)
-            logger.info("Accepted %s as %s%s", who, conn.name, " (exclusive)" if conn.exclusive else "")
+            logger.info("Accepted %s as %s%s", shown(who, MAX_TEXT_CHARS), conn.name,
+                        " (exclusive)" if conn.exclusive else "")
             self._status(conn, online=True)
             await self.plugins_manager.fire_event(
                 BrokerEvents.CLIENT_CONNECTED, client_id=conn.session_id, client_session=session
@@ -464,8 +469,8 @@ class PortalBroker(Broker):
             if self.live.get(conn.key) is conn:
                 del self.live[conn.key]
                 self._status(conn, online=False)
-            logger.info("%s (clientId %r) disconnected%s", conn.name, conn.client_id,
-                        f": {conn.closing_reason}" if conn.closing_reason else "")
+            logger.info("%s (clientId %r) disconnected%s", conn.name, shown(conn.client_id),
+                        shown(f": {conn.closing_reason}" if conn.closing_reason else "", MAX_TEXT_CHARS))
 
     # -- the protocol profile around amqtt's message loop -----------------------------------
 

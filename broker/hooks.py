@@ -21,6 +21,7 @@ from django.views.decorators.http import require_POST
 
 from devices import signing
 from devices.api import error_response
+from devices.logsafe import MAX_TEXT_CHARS, shown
 
 from . import verifier
 
@@ -134,8 +135,8 @@ def mqtt_auth(request, body):
     if not verdict.accepted:
         logger.warning(
             "Hook refused CONNECT from %s over %s (mqttClientId %r, username %r): %s: %s",
-            peerhost or "?", transport or "an unknown transport", client_id, username,
-            verdict.code, verdict.reason,
+            shown(peerhost or "?"), transport or "an unknown transport", shown(client_id),
+            shown(username), verdict.code, shown(verdict.reason, MAX_TEXT_CHARS),
         )
     return JsonResponse({"result": "allow" if verdict.accepted else "deny", "is_superuser": False})
 
@@ -166,7 +167,8 @@ def mqtt_acl(request, body):
             reason = None if verdict.allowed else verdict.reason
     if reason is not None:
         logger.warning("Hook refused %s %r for clientid %r, username %r: %s",
-                       action, topic, client_id, username, reason)
+                       action, shown(topic), shown(client_id), shown(username),
+                       shown(reason, MAX_TEXT_CHARS))
         return JsonResponse({"result": "deny"})
     return JsonResponse({"result": "allow"})
 

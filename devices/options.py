@@ -34,8 +34,8 @@ class OptionError(ValueError):
         field = error.field or "clientId"
         if field == "clientId":
             message = (client_id_problem(value) if value is not None else None) or _(
-                "clientId must be 1 to %(max)d characters, none of | , = & spaces or control "
-                "characters."
+                "clientId must be 1 to %(max)d characters, none of | , = & spaces, or control "
+                "or format characters."
             ) % {"max": signing.CLIENT_ID_MAX_LENGTH}
         elif field == "securemode":
             message = _("securemode must be 2 (TLS) or 3 (plain TCP).")
@@ -70,8 +70,8 @@ def _identifier_problem(name):
 def client_id_problem(value: str) -> str | None:
     """Why ``value`` cannot be a clientId, in the active language, or None when it can.
 
-    ``signing.client_id_error`` decides; this only says it in words a person reads. The
-    offending character is found by asking the same function about each character alone."""
+    ``signing.client_id_error`` decides; this only says it in words a person reads, naming the
+    offending character as ``signing`` finds it."""
     if signing.client_id_error(value) is None:
         return None
     if not isinstance(value, str) or value == "":
@@ -83,10 +83,12 @@ def client_id_problem(value: str) -> str | None:
             "max": signing.CLIENT_ID_MAX_LENGTH,
             "count": len(value),
         }
-    bad = next((ch for ch in value if signing.client_id_error(ch)), "")
-    shown = {" ": _("a space"), "\t": _("a tab")}.get(bad, repr(bad))
+    bad = signing.forbidden_client_id_character(value) or ""
+    # An invisible character is named by its code point (U+202E ...): it shows nothing itself.
+    shown = {" ": _("a space"), "\t": _("a tab")}.get(bad) or signing.character_shown(bad)
     return _(
-        "clientId must not contain | , = & spaces or control characters (found %(char)s)."
+        "clientId must not contain | , = & spaces, or control or format characters (found "
+        "%(char)s)."
     ) % {"char": shown}
 
 

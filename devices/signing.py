@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import re
 import time
+import unicodedata
 from dataclasses import dataclass, field
 
 SECURE_MODE_TLS = 2
@@ -33,8 +34,12 @@ CLIENT_ID_MAX_LENGTH = 64
 # productId and deviceId: letters, digits and - _ . : @ (spec §2, decision).
 ID_PATTERN = re.compile(r"[A-Za-z0-9\-_.:@]{1,64}")
 ID_ALLOWED_TEXT = "1 to 64 characters of letters, digits and - _ . : @"
-CLIENT_ID_FORBIDDEN_TEXT = "| , = & spaces or control characters"
-_CLIENT_ID_FORBIDDEN = re.compile(r"[|,=&\s\x00-\x1f\x7f]")
+CLIENT_ID_FORBIDDEN_TEXT = "| , = & spaces, or control or format characters"
+CLIENT_ID_FORBIDDEN_CHARACTERS = "|,=&"
+# Unicode categories refused in a clientId (spec §2): controls (Cc) and format characters (Cf:
+# U+202E, U+200B, U+FEFF, ...), which make a clientId read differently from what it is; and lone
+# surrogates (Cs), which no UTF-8 CONNECT can carry and which cannot be signed.
+CLIENT_ID_FORBIDDEN_CATEGORIES = ("Cc", "Cf", "Cs")
 
 
 class SigningError(ValueError):
@@ -57,15 +62,36 @@ def id_error(value: str) -> str | None:
     return None
 
 
+def forbidden_client_id_character(value: str) -> str | None:
+    """The first character of ``value`` that no clientId may hold, or None."""
+    for char in value:
+        if (
+            char in CLIENT_ID_FORBIDDEN_CHARACTERS
+            or char.isspace()
+            or unicodedata.category(char) in CLIENT_ID_FORBIDDEN_CATEGORIES
+        ):
+            return char
+    return None
+
+
+def character_shown(char: str) -> str:
+    """A character as a person can read it: ``'|'`` when visible, else its code point and name
+    (``U+202E RIGHT-TO-LEFT OVERRIDE``), since an invisible one shows nothing."""
+    if char.isprintable() and not char.isspace():
+        return repr(char)
+    name = unicodedata.name(char, "")
+    return f"U+{ord(char):04X} {name}" if name else f"U+{ord(char):04X}"
+
+
 def client_id_error(value: str) -> str | None:
     """Why ``value`` is not a valid clientId (the part before the first ``|``), or None."""
     if not isinstance(value, str) or value == "":
         return f"must be 1 to {CLIENT_ID_MAX_LENGTH} characters"
     if len(value) > CLIENT_ID_MAX_LENGTH:
         return f"must be at most {CLIENT_ID_MAX_LENGTH} characters (it has {len(value)})"
-    bad = _CLIENT_ID_FORBIDDEN.search(value)
-    if bad:
-        return f"must not contain {CLIENT_ID_FORBIDDEN_TEXT} (found {bad.group()!r})"
+    bad = forbidden_client_id_character(value)
+    if bad is not None:
+        return f"must not contain {CLIENT_ID_FORBIDDEN_TEXT} (found {character_shown(bad)})"
     return None
 
 

@@ -259,3 +259,56 @@ def test_a_timestamp_longer_than_a_64_bit_number_is_refused():
         signing.parse_connect("12345|securemode=3,timestamp=" + "1" * 20 + "|", "device&pk")
     assert caught.value.code == "bad_timestamp"
     assert len(caught.value.message) < 200
+
+
+# -- invisible and direction-changing characters (spec §2: no Cc or Cf in a clientId) -----------
+
+INVISIBLE = [
+    ("\u202e", "U+202E"),  # RIGHT-TO-LEFT OVERRIDE: "abc\u202efdp" reads as "abcpdf"
+    ("\u200b", "U+200B"),  # ZERO WIDTH SPACE
+    ("\ufeff", "U+FEFF"),  # ZERO WIDTH NO-BREAK SPACE (a byte order mark pasted from a file)
+    ("\u2066", "U+2066"),  # LEFT-TO-RIGHT ISOLATE
+    ("\u00ad", "U+00AD"),  # SOFT HYPHEN
+    ("\x85", "U+0085"),  # NEXT LINE, a C1 control
+    ("\x1b", "U+001B"),  # ESCAPE
+]
+
+
+@pytest.mark.parametrize("char, code_point", INVISIBLE)
+def test_client_id_error_refuses_a_control_or_format_character_by_its_code_point(char, code_point):
+    problem = signing.client_id_error(f"dev{char}ice")
+    assert problem is not None
+    assert code_point in problem
+    assert char not in problem  # the message itself shows nothing invisible
+
+
+@pytest.mark.parametrize("char, code_point", INVISIBLE)
+def test_render_refuses_a_client_id_with_an_invisible_character(char, code_point):
+    with pytest.raises(signing.SigningError) as caught:
+        signing.render("pk", "device", "secret", client_id=f"{char}12345", securemode=3,
+                       signmethod="hmacsha1", timestamp=789)
+    assert caught.value.field == "clientId"
+    assert code_point in caught.value.message
+
+
+@pytest.mark.parametrize("char, code_point", INVISIBLE)
+def test_verify_refuses_a_signed_client_id_with_an_invisible_character(char, code_point):
+    client_id = f"123{char}45"
+    content = f"clientId{client_id}deviceIddeviceproductIdpktimestamp789"
+    password = signing.sign("secret", content, "hmacsha1")  # correctly signed, still refused
+    verdict = signing.verify(f"{client_id}|securemode=3,signmethod=hmacsha1,timestamp=789|",
+                             "device&pk", password, "secret")
+    assert (verdict.accepted, verdict.code) == (False, "malformed_client_id")
+    assert code_point in verdict.reason
+
+
+def test_visible_non_ascii_client_ids_stay_allowed():
+    for client_id in ("温度计-01", "Zähler", "AA:BB:CC:DD:EE:FF"):
+        assert signing.client_id_error(client_id) is None
+
+
+def test_a_lone_surrogate_in_a_client_id_is_refused_not_a_crash():
+    # A JSON body may hold "\ud800"; it cannot be encoded (nor sent by a device), so it is refused.
+    verdict = signing.verify("a\ud800|securemode=3|", "device&pk", "x", "secret")
+    assert (verdict.accepted, verdict.code) == (False, "malformed_client_id")
+    assert "U+D800" in verdict.reason
