@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from django.utils.translation import gettext as _
 
 from . import signing
-from .options import client_id_problem
+from .signing_text import describe
 
 ERROR, WARNING, INFO, OK = "error", "warning", "info", "ok"
 
@@ -106,77 +106,6 @@ def _variant_label(parsed: signing.ParsedConnect, content: str) -> str:
     return ""
 
 
-def _extension_values(mqtt_client_id: str) -> dict:
-    """The extension parameters as written ({} when they cannot be read)."""
-    try:
-        return signing.parse_extension(signing.split_mqtt_client_id(mqtt_client_id)[1])
-    except signing.SigningError:
-        return {}
-
-
-def _malformed_client_id_text(mqtt_client_id: str) -> str:
-    """Which part of a malformed mqttClientId is wrong, in the active language."""
-    try:
-        client_id, extension = signing.split_mqtt_client_id(mqtt_client_id)
-    except signing.SigningError:
-        if "|" not in mqtt_client_id:
-            return _("mqttClientId must be clientId|securemode=...,signmethod=...| (no “|” "
-                     "found).")
-        if mqtt_client_id.count("|") == 1:
-            return _("mqttClientId must end with “|” after the extension parameters.")
-        return _("mqttClientId must contain exactly two “|”: one after the clientId, one at "
-                 "the end.")
-    problem = client_id_problem(client_id)
-    if problem:
-        return _("The clientId before “|”: %(problem)s") % {"problem": problem}
-    try:
-        signing.parse_extension(extension)
-    except signing.SigningError:
-        keys = [segment.partition("=")[0] for segment in extension.split(",") if segment]
-        twice = next((key for key in keys if key and keys.count(key) > 1), None)
-        if twice is not None:
-            return _("The extension parameter %(key)s is given twice.") % {"key": twice}
-    return _("The extension parameters must be key=value pairs separated by commas, e.g. "
-             "securemode=3,signmethod=hmacsha256.")
-
-
-def signing_error_text(error: signing.SigningError, mqtt_client_id: str,
-                       mqtt_username: str) -> str:
-    """``error`` said to a person in the active language.
-
-    ``devices.signing`` stays free of Django, so its messages are English; its ``code`` is
-    stable, and the values it complains about are read again from the fields themselves."""
-    values = _extension_values(mqtt_client_id)
-    methods = ", ".join(signing.SIGN_METHODS)
-    if error.code == "client_id_too_long":
-        client_id = mqtt_client_id.partition("|")[0]
-        return _("The clientId before “|” has %(count)d characters; at most %(max)d are "
-                 "allowed.") % {"count": len(client_id), "max": signing.CLIENT_ID_MAX_LENGTH}
-    if error.code == "missing_securemode":
-        return _("securemode is required in the extension parameters (2 for TLS, 3 for plain "
-                 "TCP).")
-    if error.code == "bad_securemode":
-        return _("securemode must be 2 (TLS) or 3 (plain TCP), not “%(value)s”.") % {
-            "value": values.get("securemode", "")}
-    if error.code == "unsupported_signmethod":
-        return _("signmethod “%(value)s” is not supported; use one of %(methods)s.") % {
-            "value": values.get("signmethod", ""), "methods": methods}
-    if error.code == "bad_timestamp":
-        return _("timestamp must be milliseconds as digits, not “%(value)s”.") % {
-            "value": values.get("timestamp", "")}
-    if error.code == "bad_exclusive":
-        return _("exclusive must be true or false, not “%(value)s”.") % {
-            "value": values.get("exclusive", "")}
-    if error.code == "malformed_username":
-        if mqtt_username.count("&") != 1:
-            return _("mqttUsername must be deviceId&productId (exactly one “&”).")
-        return _("mqttUsername must be deviceId&productId, each 1 to 64 characters of letters, "
-                 "digits and - _ . : @.")
-    if error.code == "malformed_client_id":
-        return _malformed_client_id_text(mqtt_client_id)
-    return _("These CONNECT fields are not valid (%(code)s).") % {"code": error.code}
-
-
 def diagnose(
     device,
     mqtt_client_id: str,
@@ -236,14 +165,14 @@ def diagnose(
         signing.split_mqtt_client_id(client_field)
         signing.parse_connect(client_field, own_username)
     except signing.SigningError as error:
-        result.add(ERROR, error.code, signing_error_text(error, client_field, own_username),
+        result.add(ERROR, error.code, describe(error, client_field, own_username),
                    "mqttClientId")
         return result
 
     try:
         parsed = signing.parse_connect(client_field, username)
     except signing.SigningError as error:
-        result.add(ERROR, error.code, signing_error_text(error, client_field, username),
+        result.add(ERROR, error.code, describe(error, client_field, username),
                    "mqttUsername")
         parsed = signing.parse_connect(client_field, own_username)
     else:

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from django.utils.translation import gettext as _
-
-from . import signing
+from . import signing, signing_text
 from .choices import DEFAULT_SIGN_METHOD
 
 # The query parameters of the options, as the JSON endpoint and the console's form name them.
@@ -29,67 +27,9 @@ class OptionError(ValueError):
 
     @classmethod
     def from_signing_error(cls, error: signing.SigningError, value: str | None = None):
-        """The signing module speaks English only (it stays free of Django); what it refused is
-        said again here, translated, from the field it names (and the value, when known)."""
-        field = error.field or "clientId"
-        if field == "clientId":
-            message = (client_id_problem(value) if value is not None else None) or _(
-                "clientId must be 1 to %(max)d characters, none of | , = & spaces, or control "
-                "or format characters."
-            ) % {"max": signing.CLIENT_ID_MAX_LENGTH}
-        elif field == "securemode":
-            message = _("securemode must be 2 (TLS) or 3 (plain TCP).")
-        elif field == "signmethod":
-            message = _sign_method_problem()
-        elif field == "timestamp":
-            message = _timestamp_problem()
-        else:  # productId, deviceId
-            message = _identifier_problem(field)
-        return cls(field, message)
+        """A refusal of ``signing.render``, in the reader's language (``signing_text``)."""
+        return cls(error.field or "clientId", signing_text.describe(error, value=value))
 
-
-def _sign_method_problem():
-    return _("signmethod must be one of %(methods)s.") % {
-        "methods": ", ".join(signing.SIGN_METHODS)
-    }
-
-
-def _timestamp_problem():
-    return _(
-        "timestamp must be a time in milliseconds (digits only, e.g. 1732500000123), “now”, or "
-        "“none” to leave it out."
-    )
-
-
-def _identifier_problem(name):
-    return _("%(name)s must be 1 to 64 characters of letters, digits and - _ . : @.") % {
-        "name": name
-    }
-
-
-def client_id_problem(value: str) -> str | None:
-    """Why ``value`` cannot be a clientId, in the active language, or None when it can.
-
-    ``signing.client_id_error`` decides; this only says it in words a person reads, naming the
-    offending character as ``signing`` finds it."""
-    if signing.client_id_error(value) is None:
-        return None
-    if not isinstance(value, str) or value == "":
-        return _("clientId must be 1 to %(max)d characters.") % {
-            "max": signing.CLIENT_ID_MAX_LENGTH
-        }
-    if len(value) > signing.CLIENT_ID_MAX_LENGTH:
-        return _("clientId must be at most %(max)d characters (it has %(count)d).") % {
-            "max": signing.CLIENT_ID_MAX_LENGTH,
-            "count": len(value),
-        }
-    bad = signing.forbidden_client_id_character(value) or ""
-    # An invisible character is named by its code point (U+202E ...): it shows nothing itself.
-    shown = {" ": _("a space"), "\t": _("a tab")}.get(bad) or signing.character_shown(bad)
-    return _(
-        "clientId must not contain | , = & spaces, or control or format characters (found "
-        "%(char)s)."
-    ) % {"char": shown}
 
 
 @dataclass(frozen=True)
@@ -112,14 +52,14 @@ class ConnectionOptions:
         securemode = raw("securemode")
         if securemode is not None:
             if securemode not in ("2", "3"):
-                raise OptionError("securemode", _("securemode must be 2 (TLS) or 3 (plain TCP)."))
+                raise OptionError("securemode", signing_text.securemode_problem())
             values["securemode"] = int(securemode)
 
         signmethod = raw("signmethod")
         if signmethod is not None:
             method = signing.normalize_sign_method(signmethod)
             if method is None:
-                raise OptionError("signmethod", _sign_method_problem())
+                raise OptionError("signmethod", signing_text.sign_method_problem())
             values["signmethod"] = method
 
         timestamp = raw("timestamp")
@@ -131,11 +71,11 @@ class ConnectionOptions:
             elif timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 16:
                 values["timestamp"] = int(timestamp)
             else:
-                raise OptionError("timestamp", _timestamp_problem())
+                raise OptionError("timestamp", signing_text.timestamp_option_problem())
 
         client_id = raw("clientId")
         if client_id is not None:
-            problem = client_id_problem(client_id)
+            problem = signing_text.client_id_problem(client_id)
             if problem:
                 raise OptionError("clientId", problem)
             values["client_id"] = client_id
@@ -143,7 +83,7 @@ class ConnectionOptions:
         exclusive = raw("exclusive")
         if exclusive is not None:
             if exclusive.lower() not in ("true", "false"):
-                raise OptionError("exclusive", _("exclusive must be true or false."))
+                raise OptionError("exclusive", signing_text.exclusive_problem())
             values["exclusive"] = exclusive.lower() == "true"
         return cls(**values)
 
