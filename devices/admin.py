@@ -51,6 +51,15 @@ def _csv_download(content, filename):
     return _no_store(response)
 
 
+XLSX_CONTENT_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+
+
+def _xlsx_download(content, filename):
+    response = HttpResponse(content, content_type=XLSX_CONTENT_TYPE)
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return _no_store(response)
+
+
 # -- products --------------------------------------------------------------------------------------
 
 
@@ -126,6 +135,7 @@ class DeviceAdmin(admin.ModelAdmin):
         "enable_devices",
         "disable_devices",
         "export_credentials",
+        "export_credentials_xlsx",
         admin_actions.test_connection,
         admin_actions.test_connection_force,
     ]
@@ -245,6 +255,18 @@ class DeviceAdmin(admin.ModelAdmin):
         stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
         return _csv_download(content, f"credentials-{stamp}.csv")
 
+    @admin.action(
+        description=_("Export credentials (spreadsheet, every cell text) of the selected devices"),
+        permissions=["view_device_secret"],
+    )
+    def export_credentials_xlsx(self, request, queryset):
+        if not self.has_view_device_secret_permission(request):
+            raise PermissionDenied
+        devices = queryset.select_related("product").order_by("product_id", "device_id")
+        content = batches.export_credentials_xlsx(devices, request.user, detail="admin action")
+        stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
+        return _xlsx_download(content, f"credentials-{stamp}.xlsx")
+
     # -- extra views -------------------------------------------------------------------------
 
     def get_urls(self):
@@ -260,6 +282,11 @@ class DeviceAdmin(admin.ModelAdmin):
                 "batch/<int:batch_id>/credentials.csv",
                 wrap(self.batch_credentials_view),
                 name="devices_device_batch_credentials",
+            ),
+            path(
+                "batch/<int:batch_id>/credentials.xlsx",
+                wrap(self.batch_credentials_xlsx_view),
+                name="devices_device_batch_credentials_xlsx",
             ),
             path("<int:object_id>/secret/", wrap(self.secret_view), name="devices_device_secret"),
             path(
@@ -348,6 +375,15 @@ class DeviceAdmin(admin.ModelAdmin):
 
     def batch_credentials_view(self, request, batch_id):
         """The batch's ``productId,deviceId,deviceSecret`` file (POST only, audited)."""
+        return self._batch_credentials(request, batch_id, batches.export_credentials,
+                                       _csv_download, "csv")
+
+    def batch_credentials_xlsx_view(self, request, batch_id):
+        """The same credentials as a workbook of text cells, for people (POST only, audited)."""
+        return self._batch_credentials(request, batch_id, batches.export_credentials_xlsx,
+                                       _xlsx_download, "xlsx")
+
+    def _batch_credentials(self, request, batch_id, export, download, extension):
         if not self.has_view_device_secret_permission(request):
             raise PermissionDenied
         if request.method != "POST":
@@ -355,10 +391,12 @@ class DeviceAdmin(admin.ModelAdmin):
                 reverse("admin:devices_device_batch_result", args=[batch_id])
             )
         batch = get_object_or_404(RegistrationBatch.objects.select_related("product"), pk=batch_id)
-        content = batches.export_credentials(
+        content = export(
             batches.batch_devices(batch), request.user, detail=f"registration batch {batch.pk}"
         )
-        return _csv_download(content, f"credentials-{batch.product.product_id}-batch{batch.pk}.csv")
+        return download(
+            content, f"credentials-{batch.product.product_id}-batch{batch.pk}.{extension}"
+        )
 
     def secret_view(self, request, object_id):
         """Reveal a device's secret: the page asks, a POST shows it and records who saw it."""

@@ -16,7 +16,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
 
-from . import signing
+from . import signing, xlsx
 from .choices import BatchSource
 from .models import AuditEvent, Device, RegistrationBatch, generate_device_secret
 
@@ -294,10 +294,31 @@ def credentials_csv(devices) -> str:
     return out.getvalue()
 
 
+def credentials_xlsx(devices) -> bytes:
+    """The same rows as :func:`credentials_csv`, as a workbook whose every cell is text.
+
+    The CSV is for machines (exact bytes); this is for people: a spreadsheet opening the CSV
+    turns ``-2-3-144272509`` or ``@SUM`` into a formula and ``0012`` into 12, never this."""
+    rows = [CREDENTIALS_HEADER]
+    rows.extend(
+        [device.product.product_id, device.device_id, device.device_secret] for device in devices
+    )
+    return xlsx.text_workbook(rows, sheet_name="credentials", widths=(24, 36, 40))
+
+
 def export_credentials(devices, user, detail=""):
     """The credentials CSV of ``devices``, recorded as an export by ``user`` (who, when, which)."""
     devices = list(devices)
     content = credentials_csv(devices)
+    AuditEvent.record(AuditEvent.Action.EXPORT_CREDENTIALS, user, devices, detail=detail)
+    return content
+
+
+def export_credentials_xlsx(devices, user, detail=""):
+    """The credentials workbook of ``devices``, recorded like the CSV (the detail says xlsx)."""
+    devices = list(devices)
+    content = credentials_xlsx(devices)
+    detail = f"{detail} (xlsx)" if detail else "xlsx"
     AuditEvent.record(AuditEvent.Action.EXPORT_CREDENTIALS, user, devices, detail=detail)
     return content
 
