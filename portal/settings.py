@@ -325,6 +325,7 @@ AXES_LOCKOUT_CALLABLE = "devices.throttle.lockout_response"
 # Tries during a lock-out are refused without being counted, so the retry time a page gives holds.
 AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
 AXES_RESET_ON_SUCCESS = False
+AXES_VERBOSE = False  # no start-up banner; failures are still logged, username and address masked
 # The client address is REMOTE_ADDR. Behind a reverse proxy, PORTAL_TRUSTED_PROXY_COUNT = how many
 # proxies append to X-Forwarded-For (the address that many entries from the right is the client's).
 TRUSTED_PROXY_COUNT = env_int("PORTAL_TRUSTED_PROXY_COUNT", 0)

@@ -124,6 +124,17 @@ def test_the_reset_command_unlocks_an_address(client, owner):
     assert is_logged_in(log_in(client, LOGIN, "alice", "alice-password"))
 
 
+def test_an_administrator_unlocks_an_account_in_the_admin(client, member, admin_client):
+    fail_logins(client, LOGIN, "bob", LIMIT, REMOTE_ADDR=OTHER_ADDRESS)
+    assert log_in(client, LOGIN, "bob", "bob-password").status_code == 429
+    listing = admin_client.get("/admin/axes/accessattempt/")
+    assert listing.status_code == 200 and "bob" in listing.content.decode()
+    attempt = AccessAttempt.objects.get(username="bob")
+    deleted = admin_client.post(f"/admin/axes/accessattempt/{attempt.pk}/delete/", {"post": "yes"})
+    assert deleted.status_code == 302
+    assert is_logged_in(log_in(client, LOGIN, "bob", "bob-password"))
+
+
 def test_no_password_is_stored_with_the_failures(client, owner):
     client.post(LOGIN, {"username": "alice", "password": "not-the-password-xyz"})
     attempt = AccessAttempt.objects.get()
