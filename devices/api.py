@@ -15,6 +15,7 @@ from django.utils.translation import gettext as _
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods
 
+from . import throttle
 from .choices import Permission
 from .models import ApiToken, ConnectionCheck, Device
 from .options import QUERY_NAMES, ConnectionOptions, OptionError
@@ -41,8 +42,19 @@ def api_auth(view):
     def wrapper(request, *args, **kwargs):
         token = bearer_token(request)
         if token is not None:
+            retry_after = throttle.token_retry_after(request)
+            if retry_after is not None:
+                response = error_response(
+                    429,
+                    "too_many_failures",
+                    _("Too many failed API tokens from this address. Try again in %(seconds)d "
+                      "seconds.") % {"seconds": retry_after},
+                )
+                response["Retry-After"] = str(retry_after)
+                return response
             user = ApiToken.authenticate(token)
             if user is None:
+                throttle.record_token_failure(request)
                 return error_response(
                     401, "invalid_token", "The API token is unknown or its user is inactive."
                 )

@@ -6,6 +6,7 @@ because this portal holds device secrets.
 """
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -297,3 +298,60 @@ if MQTT_AUTH_CACHE_MS > 1500:
         "PORTAL_MQTT_AUTH_CACHE_MS must be at most 1500: a disabled device or a rotated secret "
         f"must take effect within 2 seconds, not {MQTT_AUTH_CACHE_MS}."
     )
+
+# --- Login lock-out and password reset (issue 9) -------------------------------------------------
+# django-axes counts failed logins in the database (so every gunicorn worker sees them). After
+# PORTAL_LOGIN_FAILURE_LIMIT failures from one address, or against one account, within the cool-off
+# period, that address or account is refused, even with the right password, until
+# PORTAL_LOGIN_COOLOFF_MINUTES have passed since its last failure. Failed API tokens count against
+# their address in the same table. Unlocking: see README, "Security".
+INSTALLED_APPS += ["axes", "accounts"]
+MIDDLEWARE += ["axes.middleware.AxesMiddleware"]  # last, as django-axes asks
+AUTHENTICATION_BACKENDS = [
+    "devices.throttle.LockoutBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+LOGIN_FAILURE_LIMIT = env_int("PORTAL_LOGIN_FAILURE_LIMIT", 10, minimum=1)
+if LOGIN_FAILURE_LIMIT > 10:
+    raise ImproperlyConfigured(
+        f"PORTAL_LOGIN_FAILURE_LIMIT must be from 1 to 10, not {LOGIN_FAILURE_LIMIT}."
+    )
+LOGIN_COOLOFF_MINUTES = env_int("PORTAL_LOGIN_COOLOFF_MINUTES", 15, minimum=1)
+AXES_FAILURE_LIMIT = LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = timedelta(minutes=LOGIN_COOLOFF_MINUTES)
+# By address and by account (either locks); a token failure has no account, only an address.
+AXES_LOCKOUT_PARAMETERS = "devices.throttle.lockout_parameters"
+AXES_LOCKOUT_CALLABLE = "devices.throttle.lockout_response"
+# Tries during a lock-out are refused without being counted, so the retry time a page gives holds.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_RESET_ON_SUCCESS = False
+AXES_VERBOSE = False  # no start-up banner; failures are still logged, username and address masked
+# The client address is REMOTE_ADDR. Behind a reverse proxy, PORTAL_TRUSTED_PROXY_COUNT = how many
+# proxies append to X-Forwarded-For (the address that many entries from the right is the client's).
+TRUSTED_PROXY_COUNT = env_int("PORTAL_TRUSTED_PROXY_COUNT", 0)
+AXES_CLIENT_IP_CALLABLE = "devices.throttle.client_address"
+
+# Password reset by mail is offered only when mail is configured: PORTAL_EMAIL_HOST (SMTP server)
+# and PORTAL_EMAIL_FROM. Without them the reset URLs answer 404 and the login page has no link.
+EMAIL_HOST = os.environ.get("PORTAL_EMAIL_HOST", "").strip()
+PASSWORD_RESET_ENABLED = bool(EMAIL_HOST)
+if PASSWORD_RESET_ENABLED:
+    EMAIL_PORT = env_port("PORTAL_EMAIL_PORT", 587)
+    EMAIL_HOST_USER = os.environ.get("PORTAL_EMAIL_USER", "")
+    EMAIL_HOST_PASSWORD = os.environ.get("PORTAL_EMAIL_PASSWORD", "")
+    EMAIL_USE_TLS = env_bool("PORTAL_EMAIL_USE_TLS", EMAIL_PORT == 587)
+    EMAIL_USE_SSL = env_bool("PORTAL_EMAIL_USE_SSL", EMAIL_PORT == 465)
+    if EMAIL_USE_TLS and EMAIL_USE_SSL:
+        raise ImproperlyConfigured("PORTAL_EMAIL_USE_TLS and PORTAL_EMAIL_USE_SSL: set only one.")
+    EMAIL_TIMEOUT = 10
+    DEFAULT_FROM_EMAIL = os.environ.get("PORTAL_EMAIL_FROM", "").strip()
+    if "@" not in DEFAULT_FROM_EMAIL:
+        raise ImproperlyConfigured(
+            "PORTAL_EMAIL_HOST is set, so PORTAL_EMAIL_FROM must be the sender address "
+            f"(e.g. portal@example.com), not {DEFAULT_FROM_EMAIL!r}."
+        )
+    SERVER_EMAIL = DEFAULT_FROM_EMAIL
+# At most this many reset mails per hour to one address, and reset requests per hour from one
+# client address.
+PASSWORD_RESET_PER_HOUR = env_int("PORTAL_PASSWORD_RESET_PER_HOUR", 3, minimum=1)
+# --- end of login lock-out and password reset ----------------------------------------------------
