@@ -11,6 +11,7 @@ database file, longer than the lock timeout, which the processes a test starts l
 from __future__ import annotations
 
 import dataclasses
+import json
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -46,8 +47,9 @@ def write_lock():
 
 
 @pytest.fixture
-def short_lock_timeout():
-    """This process waits LOCK_TIMEOUT_S for a lock instead of 20 s."""
+def short_lock_timeout(transactional_db):
+    """This process waits LOCK_TIMEOUT_S for a lock instead of 20 s (and commits what it writes,
+    so that it holds no lock of its own)."""
     options = connection.settings_dict.setdefault("OPTIONS", {})
     previous = options.get("timeout")
     options["timeout"] = LOCK_TIMEOUT_S
@@ -63,6 +65,69 @@ def _wait_for(predicate, timeout, what):
         if time.monotonic() > deadline:
             pytest.fail(f"never: {what}")
         time.sleep(0.05)
+
+
+# --- the web server ---------------------------------------------------------------------------
+
+
+def _assert_busy_json(response):
+    assert response.status_code == 503, response.content[:500]
+    assert int(response["Retry-After"]) > 0
+    assert response["Content-Type"].startswith("application/json")
+    error = response.json()["error"]
+    assert set(error) == {"code", "message", "field"}
+    assert error["code"] == "database_busy" and error["field"] is None
+    assert "try again" in error["message"].lower()
+
+
+def test_an_api_write_answers_503_with_retry_after_while_the_database_is_locked(
+    client, owner, device, short_lock_timeout
+):
+    client.force_login(owner)
+    url = f"/api/v1/products/{device.product.product_id}/devices/{device.device_id}/checks"
+    with write_lock():
+        _assert_busy_json(client.post(url, data="{}", content_type="application/json"))
+    assert client.post(url, data="{}", content_type="application/json").status_code == 202
+
+
+def test_the_broker_hook_answers_503_with_retry_after_while_the_database_is_locked(
+    client, device, settings, short_lock_timeout
+):
+    settings.BROKER_HOOK_TOKEN = "hook-token"
+    event = {"event": "client.connected", "clientid": "c", "connected_at": 1700000000000,
+             "username": f"{device.device_id}&{device.product.product_id}"}
+
+    def send():
+        return client.post("/mqtt/events", data=json.dumps(event), content_type="application/json",
+                           HTTP_AUTHORIZATION="Bearer hook-token")
+
+    with write_lock():
+        _assert_busy_json(send())
+    assert Device.objects.get(pk=device.pk).status == DeviceStatus.INACTIVE
+    assert send().status_code == 204
+    assert Device.objects.get(pk=device.pk).status == DeviceStatus.ONLINE
+
+
+@pytest.mark.parametrize("language, words", [
+    ("en", ["Busy, try again", "try again in a few seconds"]),
+    ("zh-hans", ["正忙，请重试", "请几秒钟后重试"]),
+])
+def test_a_page_write_answers_a_503_page_while_the_database_is_locked(
+    client, owner, device, short_lock_timeout, language, words
+):
+    client.force_login(owner)
+    url = f"/products/{device.product.product_id}/devices/{device.device_id}/enabled/"
+    with write_lock():
+        response = client.post(url, {"enabled": "false"}, HTTP_ACCEPT_LANGUAGE=language)
+    assert response.status_code == 503
+    assert int(response["Retry-After"]) > 0
+    assert response["Content-Type"].startswith("text/html")
+    page = response.content.decode()
+    for word in words:
+        assert word in page
+    assert Device.objects.get(pk=device.pk).enabled is True
+    assert client.post(url, {"enabled": "false"}).status_code == 302
+    assert Device.objects.get(pk=device.pk).enabled is False
 
 
 # --- the worker ------------------------------------------------------------------------------
