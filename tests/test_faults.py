@@ -18,6 +18,7 @@ from contextlib import contextmanager
 
 import pytest
 from django.db import connection
+from django_tasks_db.models import DBTaskResult
 
 from devices.models import CheckStatus, Device, DeviceStatus
 from devices.options import ConnectionOptions
@@ -28,8 +29,9 @@ from tests.broker_fixtures import (  # noqa: F401
     free_port,
     mqtt_broker,
 )
+from tests.test_checks import silent_server  # noqa: F401
 from tests.test_task_results import RunWorker
-from tests.test_tasks import DB_TASKS, wait_finished, worker_env
+from tests.test_tasks import DB_TASKS, wait_finished, wait_status, worker_env
 
 LOCK_TIMEOUT_S = 0.3
 
@@ -150,6 +152,28 @@ def test_the_worker_survives_a_locked_database_and_then_runs_a_check(
         assert worker.process.poll() is None, worker.log()[-3000:]
         assert check.status == CheckStatus.SUCCEEDED, check.reason
         assert "carries on" in worker.log()
+    finally:
+        worker.stop()
+
+
+@pytest.mark.broker
+def test_a_task_that_ends_while_the_database_is_locked_has_its_result_written_afterwards(
+    mqtt_broker, device, settings, silent_server
+):
+    settings.TASKS = DB_TASKS
+    settings.MQTT_PORT, settings.MQTT_TLS_PORT = silent_server.port, None
+    worker = RunWorker(worker_env(mqtt_broker, PORTAL_MQTT_PORT=silent_server.port,
+                                  PORTAL_MQTT_TLS_PORT="", PORTAL_CHECK_TIMEOUT=1,
+                                  PORTAL_TEST_SQLITE_TIMEOUT=LOCK_TIMEOUT_S))
+    try:
+        check = wait_status(request_check(device), CheckStatus.RUNNING)
+        with write_lock():  # the check (no CONNACK within 1 s) ends while this is held
+            _wait_for(lambda: "result is written when it is free" in worker.log()
+                      or worker.process.poll() is not None, 15, "the worker met the lock")
+            assert DBTaskResult.objects.get(id=check.task_id).status == "RUNNING"
+        _wait_for(lambda: DBTaskResult.objects.get(id=check.task_id).status != "RUNNING", 10,
+                  "the task's result was written")
+        assert worker.process.poll() is None, worker.log()[-3000:]
     finally:
         worker.stop()
 
