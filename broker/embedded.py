@@ -59,6 +59,7 @@ CONNECT_TIMEOUT_S = 10  # a client must send its CONNECT within this time
 MAX_CONNECT_BYTES = 64 * 1024
 WATCH_INTERVAL_S = 0.5  # how often connected devices are checked for disable/rotation/deletion
 STATUS_BATCH_S = 0.1  # status changes are written together, at most this often
+STATUS_RETRY_S = 1.0  # after a failed batch (each try itself waits for the database's lock timeout)
 SESSION_KEY = "portal.connection"
 _PROTOCOL_NAMES = {("MQTT", 4): "3.1.1", ("MQIsdp", 3): "3.1", ("MQTT", 5): "5.0"}
 
@@ -252,7 +253,9 @@ class PortalBroker(Broker):
             self._status(conn, online=False)
         self.live.clear()
         await super().shutdown()
-        await self._flush_status()
+        if not await self._flush_status():
+            logger.error("The broker stops: %d device status change(s) are not recorded",
+                         len(self._pending_status))
         self._auth_pool.shutdown(wait=False)
         self._status_pool.shutdown(wait=True)
 
@@ -266,23 +269,44 @@ class PortalBroker(Broker):
         entry[1] = online
         self._status_waiting.set()
 
-    async def _flush_status(self) -> None:
+    async def _flush_status(self) -> bool:
+        """Write the pending status changes in one transaction. When that fails (a database
+        locked longer than its timeout), they are kept and written by a later batch."""
         pending, self._pending_status = self._pending_status, {}
         if not pending:
-            return
+            return True
         went_online = [pk for pk, (seen_online, _now) in pending.items() if seen_online]
         now_offline = [pk for pk, (_seen, online_now) in pending.items() if not online_now]
         try:
             await self._db(self._status_pool, _write_status, went_online, now_offline)
         except Exception as error:  # status is not worth a broken connection
-            logger.error("Could not record the status of %d device(s): %s", len(pending), error)
+            self._keep_unwritten(pending)
+            logger.error(
+                "Could not record the status of %d device(s) (%s); kept, tried again in %.0f s",
+                len(pending), error, STATUS_RETRY_S,
+            )
+            return False
+        return True
+
+    def _keep_unwritten(self, unwritten: dict[int, list[bool]]) -> None:
+        """Put back changes a batch could not write, beneath those noted since: the newer state
+        wins, and "went online" (first activation, last online) is never lost."""
+        for pk, (went_online, online_now) in unwritten.items():
+            newer = self._pending_status.get(pk)
+            if newer is None:
+                self._pending_status[pk] = [went_online, online_now]
+            else:
+                newer[0] = newer[0] or went_online
 
     async def _write_status_batches(self) -> None:
         while True:
             await self._status_waiting.wait()
             self._status_waiting.clear()
-            await self._flush_status()
-            await asyncio.sleep(STATUS_BATCH_S)
+            if await self._flush_status():
+                await asyncio.sleep(STATUS_BATCH_S)
+            else:
+                self._status_waiting.set()
+                await asyncio.sleep(STATUS_RETRY_S)
 
     async def _watch_devices(self) -> None:
         """Disconnect devices that were disabled, deleted or got a new secret (spec §4: ≤ 2 s)."""

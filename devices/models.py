@@ -405,8 +405,23 @@ def runner_name() -> str:
 
 
 def _process_alive(pid):
+    """Whether process ``pid`` still runs. A zombie (it exited and its parent has not reaped it
+    yet, e.g. a killed worker of a supervisor that has not looked) is dead, although
+    ``os.kill(pid, 0)`` succeeds for it: where there is a /proc, its state is read there."""
     import os
 
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+    except FileNotFoundError:
+        if os.path.isdir("/proc/self"):
+            return False  # a /proc without this pid: no such process
+    except OSError:
+        pass
+    else:
+        # "pid (comm) state ...": comm may hold spaces and parentheses, so split after the last ")".
+        fields = stat.rpartition(b")")[2].split()
+        return not fields or fields[0] not in (b"Z", b"X")
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -428,14 +443,22 @@ class ConnectionCheckQuerySet(models.QuerySet):
         now = now or timezone.now()
         running = self.filter(status=CheckStatus.RUNNING).only("pk", "status", "runner", "started_at")
         stale = [check.pk for check in running if check.is_interrupted(now)]
+        from .task_results import settle_task_rows
+
         if not stale:
+            settle_task_rows(now=now)
             return 0
-        return self.filter(pk__in=stale, status=CheckStatus.RUNNING).update(
+        reaped = self.filter(pk__in=stale, status=CheckStatus.RUNNING)
+        task_ids = [task_id for task_id in reaped.values_list("task_id", flat=True) if task_id]
+        count = reaped.update(
             status=CheckStatus.FAILED,
             outcome=Outcome.INTERRUPTED,
             reason=INTERRUPTED_REASON,
             finished_at=now,
         )
+        # The task rows of these checks (django_tasks_db's) would stay RUNNING for ever.
+        settle_task_rows(now=now, task_ids=task_ids)
+        return count
 
 
 class ConnectionCheck(models.Model):

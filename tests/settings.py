@@ -36,3 +36,8 @@ STORAGES = {
     **STORAGES,  # noqa: F405
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
+
+# Tests that hold a real SQLite write lock lower how long a process waits for it (the portal
+# waits 20 s), in the test process and in the subprocesses they start.
+if os.environ.get("PORTAL_TEST_SQLITE_TIMEOUT") and "timeout" in DATABASES["default"].get("OPTIONS", {}):  # noqa: F405
+    DATABASES["default"]["OPTIONS"]["timeout"] = float(os.environ["PORTAL_TEST_SQLITE_TIMEOUT"])  # noqa: F405

@@ -163,3 +163,87 @@ def test_runportal_serves_a_device_over_tcp_and_tls_and_ctrl_c_stops_everything(
     assert "Stopped." in output
     assert [pid for pid in processes if _alive(pid)] == []
     assert [port for port in (web, tcp, tls_port) if _listening(port)] == []
+
+
+def _child_running(parent, word):
+    """The pid of ``parent``'s child whose command line holds ``word`` (None if there is none)."""
+    for pid in _descendants(parent):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(stat[1]) == parent and word.encode() in command and _alive(pid):
+            return pid
+    return None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_runportal_restarts_a_child_that_dies_and_the_others_keep_running(tmp_path):
+    if connection.vendor != "sqlite":
+        pytest.skip("the portal's processes share the test database as a SQLite file")
+    web, tcp = free_port(), free_port()
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
+        "PORTAL_DATA_DIR": str(settings.DATA_DIR),
+        "PORTAL_MQTT_PORT": str(tcp),
+        "PORTAL_MQTT_TLS_PORT": "",
+        "PORTAL_TEST_TASKS_BACKEND": "db",
+        "PYTHONUNBUFFERED": "1",
+    }
+    log_path = tmp_path / "runportal.log"
+    with open(log_path, "wb") as log:
+        portal = subprocess.Popen(
+            [sys.executable, str(ROOT / "manage.py"), "runportal", "--bind", f"127.0.0.1:{web}"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def wait_until(predicate, what, timeout=30):
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert portal.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"{what}:\n{log_path.read_text()[-3000:]}"
+            assert not web_up[0] or _listening(web), "the web server went down"
+            time.sleep(0.05)
+
+    web_up = [False]
+    try:
+        wait_until(lambda: _listening(web) and _listening(tcp), "the portal never listened")
+        web_up[0] = True
+        gunicorn = _child_running(portal.pid, "gunicorn")
+        wait_until(lambda: _child_running(portal.pid, "runworker"), "no worker")
+
+        broker = _child_running(portal.pid, "runbroker")
+        os.kill(broker, signal.SIGKILL)
+        wait_until(lambda: "broker was killed by SIGKILL" in log_path.read_text(), "no word of it")
+        assert "restarting it in 1 s" in log_path.read_text()
+        wait_until(lambda: _listening(tcp) and _child_running(portal.pid, "runbroker") not in
+                   (None, broker), "the broker never came back")
+        # Dying again at once: the wait doubles.
+        os.kill(_child_running(portal.pid, "runbroker"), signal.SIGKILL)
+        wait_until(lambda: "restarting it in 2 s" in log_path.read_text(), "no back-off")
+        wait_until(lambda: _listening(tcp), "the broker never came back a second time")
+
+        worker = _child_running(portal.pid, "runworker")
+        os.kill(worker, signal.SIGKILL)
+        wait_until(lambda: _child_running(portal.pid, "runworker") not in (None, worker),
+                   "the worker never came back")
+        assert "Restarted worker" in log_path.read_text()
+        assert _child_running(portal.pid, "gunicorn") == gunicorn  # never restarted
+        with urllib.request.urlopen(f"http://127.0.0.1:{web}/accounts/login/", timeout=10) as page:
+            assert page.status == 200
+        processes = _descendants(portal.pid)
+    finally:
+        os.kill(portal.pid, signal.SIGTERM)  # as a service manager stops it
+        try:
+            portal.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(portal.pid, signal.SIGKILL)
+            portal.wait()
+    output = log_path.read_text()
+    assert portal.returncode == 0, output[-3000:]
+    assert "Stopped." in output
+    assert [pid for pid in processes if _alive(pid)] == []
+    assert [port for port in (web, tcp) if _listening(port)] == []

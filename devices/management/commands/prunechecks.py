@@ -1,16 +1,19 @@
-"""Delete finished connection checks older than the retention (PORTAL_CHECK_RETENTION_DAYS)."""
+"""Delete finished connection checks older than the retention (PORTAL_CHECK_RETENTION_DAYS), and
+the background worker's finished task rows with them (django_tasks_db keeps them for ever)."""
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.utils import timezone
 
 from devices.models import CheckStatus, ConnectionCheck
+from devices.task_results import prune_task_rows, settle_task_rows
 
 
 class Command(BaseCommand):
     help = (
-        "Delete finished connection checks older than PORTAL_CHECK_RETENTION_DAYS days "
-        "(queued and running checks are never deleted). Run it daily, e.g. from cron."
+        "Delete finished connection checks and finished background task rows older than "
+        "PORTAL_CHECK_RETENTION_DAYS days (queued and running ones are never deleted; those of "
+        "dead workers are failed first). Run it daily, e.g. from cron."
     )
 
     def add_arguments(self, parser):
@@ -27,12 +30,19 @@ class Command(BaseCommand):
 
             raise CommandError(f"--days must be at least 1, not {days}.")
         ConnectionCheck.objects.reap_stale()
+        settle_task_rows(force=True)
         cutoff = timezone.now() - timezone.timedelta(days=days)
         old = ConnectionCheck.objects.filter(
             status__in=[CheckStatus.SUCCEEDED, CheckStatus.FAILED], finished_at__lt=cutoff
         )
         if dry_run:
             self.stdout.write(f"{old.count()} connection checks older than {days} days would be deleted.")
+            self.stdout.write(
+                f"{prune_task_rows(cutoff, dry_run=True)} finished task rows older than {days} "
+                "days would be deleted."
+            )
             return
         deleted, _ = old.delete()
         self.stdout.write(f"Deleted {deleted} connection checks older than {days} days.")
+        tasks = prune_task_rows(cutoff)
+        self.stdout.write(f"Deleted {tasks} finished task rows older than {days} days.")

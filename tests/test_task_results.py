@@ -1,0 +1,204 @@
+# ruff: noqa: F811 (fixtures imported from other test modules are used as arguments)
+"""The worker's task rows (django_tasks_db's DBTaskResult): a killed worker's rows are failed
+where the checks are reaped, a zombie is dead, and finished rows are pruned with the checks."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+from django.utils import timezone
+from django_tasks_db.models import DBTaskResult, get_date_max
+
+from devices.connection_check import Outcome
+from devices.models import CheckStatus, ConnectionCheck, _process_alive, process_scope
+from devices.task_results import task_max_runtime, worker_id
+from devices.tasks import request_check
+from tests.broker_fixtures import _mqtt_broker_process, mqtt_broker  # noqa: F401
+from tests.test_checks import silent_server  # noqa: F401
+from tests.test_tasks import DB_TASKS, wait_status, worker_env
+
+ROOT = Path(__file__).resolve().parent.parent
+GONE_PID = 4_194_304 + 1  # above Linux's largest pid (pid_max is at most 2**22): never alive
+
+
+def _state(pid):
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
+@pytest.fixture
+def zombie():
+    """The pid of a child that has exited and is not reaped yet."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 10
+    while _state(child.pid) != "Z":
+        assert time.monotonic() < deadline, "the child never became a zombie"
+        time.sleep(0.01)
+    yield child.pid
+    child.wait()
+
+
+def _task_row(status="RUNNING", worker=None, started=None, finished=None):
+    return DBTaskResult.objects.create(
+        task_path="devices.tasks.run_check",
+        args_kwargs={"args": [0], "kwargs": {}},
+        backend_name="default",
+        run_after=get_date_max(),
+        status=status,
+        worker_ids=[worker] if worker else [],
+        started_at=started or timezone.now(),
+        finished_at=finished,
+    )
+
+
+def test_a_zombie_process_counts_as_dead(zombie):
+    assert _process_alive(zombie) is False
+    assert _process_alive(os.getpid()) is True
+    assert _process_alive(GONE_PID) is False
+
+
+def test_a_check_of_a_worker_that_is_now_a_zombie_is_reaped_at_once(device, zombie):
+    check = ConnectionCheck.objects.create(
+        device=device, status=CheckStatus.RUNNING, started_at=timezone.now(),
+        runner=f"{process_scope()}:{zombie}",
+    )
+    assert ConnectionCheck.objects.reap_stale() == 1
+    check.refresh_from_db()
+    assert (check.status, check.outcome) == (CheckStatus.FAILED, Outcome.INTERRUPTED)
+
+
+def test_the_task_row_of_a_reaped_check_is_failed_with_it(device):
+    row = _task_row(worker="some-random-worker-id")
+    check = ConnectionCheck.objects.create(
+        device=device, status=CheckStatus.RUNNING, started_at=timezone.now(),
+        runner=f"{process_scope()}:{GONE_PID}", task_id=str(row.id),
+    )
+    assert ConnectionCheck.objects.reap_stale() == 1
+    row.refresh_from_db()
+    check.refresh_from_db()
+    assert check.status == CheckStatus.FAILED
+    assert row.status == "FAILED"
+    assert row.finished_at is not None
+    assert row.exception_class_path == "devices.task_results.WorkerStopped"
+    assert "stopped before it finished" in row.traceback
+
+
+def test_task_rows_of_dead_workers_here_fail_and_those_of_live_ones_stay(device, zombie):
+    scope = worker_id().rpartition(":")[0]
+    dead = _task_row(worker=f"{scope}:{GONE_PID}")
+    of_zombie = _task_row(worker=f"{scope}:{zombie}")
+    alive = _task_row(worker=f"{scope}:{os.getpid()}")
+    elsewhere = _task_row(worker="wffffffffffffffff:1")  # another host: judged by age only
+    waiting = ConnectionCheck.objects.create(device=device, task_id=str(dead.id))  # still queued
+    from devices.task_results import settle_task_rows
+
+    assert settle_task_rows(force=True) == 2
+    statuses = dict(DBTaskResult.objects.values_list("id", "status"))
+    assert statuses == {dead.id: "FAILED", of_zombie.id: "FAILED", alive.id: "RUNNING",
+                        elsewhere.id: "RUNNING"}
+    waiting.refresh_from_db()
+    assert (waiting.status, waiting.outcome) == (CheckStatus.FAILED, Outcome.INTERRUPTED)
+
+
+def test_task_rows_nobody_can_judge_fail_once_older_than_a_task_can_run(db, settings):
+    settings.CHECK_STEP_TIMEOUT = 5  # a check 25 s, a task 4 × 25 = 100 s
+    now = timezone.now()
+    old = _task_row(worker="elsewhere", started=now - timezone.timedelta(seconds=101))
+    young = _task_row(worker="elsewhere", started=now - timezone.timedelta(seconds=99))
+    assert task_max_runtime() == 100
+    from devices.task_results import settle_task_rows
+
+    assert settle_task_rows(now=now, force=True) == 1
+    old.refresh_from_db()
+    young.refresh_from_db()
+    assert (old.status, young.status) == ("FAILED", "RUNNING")
+
+
+def test_prunechecks_deletes_finished_task_rows_older_than_the_retention(db, settings):
+    settings.CHECK_RETENTION_DAYS = 30
+    now = timezone.now()
+    days = lambda n: now - timezone.timedelta(days=n)  # noqa: E731
+    old_ok = _task_row("SUCCESSFUL", started=days(31), finished=days(31))
+    old_failed = _task_row("FAILED", started=days(40), finished=days(40))
+    recent = _task_row("SUCCESSFUL", started=days(29), finished=days(29))
+    running = _task_row("RUNNING", worker=f"{worker_id().rpartition(':')[0]}:{os.getpid()}",
+                        started=timezone.now())
+    ready = _task_row("READY")
+
+    out = io.StringIO()
+    call_command("prunechecks", "--dry-run", stdout=out)
+    assert "2 finished task rows older than 30 days would be deleted" in out.getvalue()
+    assert DBTaskResult.objects.count() == 5
+
+    call_command("prunechecks", stdout=io.StringIO())
+    assert set(DBTaskResult.objects.values_list("id", flat=True)) == {recent.id, running.id, ready.id}
+    assert not DBTaskResult.objects.filter(id__in=[old_ok.id, old_failed.id]).exists()
+
+
+class RunWorker:
+    """``manage.py runworker`` as a subprocess on the test database."""
+
+    def __init__(self, env, command="runworker"):
+        self.log_path = Path(tempfile.mkdtemp(prefix="runworker-log-")) / "worker.log"
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, str(ROOT / "manage.py"), command, "--interval", "0.05",
+                 "--no-startup-delay", "--no-reload"],
+                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 20
+        while "Starting worker" not in self.log():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"{command} did not start:\n{self.log()[-3000:]}")
+            time.sleep(0.05)
+
+    def log(self):
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, kill=False):
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.mark.broker
+def test_a_killed_runworker_leaves_neither_its_check_nor_its_task_row_running(
+    mqtt_broker, device, silent_server, settings
+):
+    settings.TASKS = DB_TASKS
+    settings.MQTT_PORT, settings.MQTT_TLS_PORT = silent_server.port, None
+    worker = RunWorker(worker_env(mqtt_broker, PORTAL_MQTT_PORT=silent_server.port,
+                                  PORTAL_MQTT_TLS_PORT="", PORTAL_CHECK_TIMEOUT=60))
+    try:
+        check = wait_status(request_check(device), CheckStatus.RUNNING)
+        row = DBTaskResult.objects.get(id=check.task_id)
+        assert row.status == "RUNNING"
+        assert row.worker_ids == [f"{worker_id().rpartition(':')[0]}:{worker.process.pid}"]
+        worker.process.send_signal(signal.SIGKILL)  # not waited for: a zombie until stop()
+        deadline = time.monotonic() + 5
+        while _state(worker.process.pid) != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert ConnectionCheck.objects.reap_stale() == 1
+    finally:
+        worker.stop(kill=True)
+    check.refresh_from_db()
+    row.refresh_from_db()
+    assert (check.status, check.outcome) == (CheckStatus.FAILED, Outcome.INTERRUPTED)
+    assert row.status == "FAILED"
