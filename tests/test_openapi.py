@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from devices import signing
 from devices.api import CHECK_BODY_FIELDS
-from devices.connection_check import PROTOCOLS
+from devices.connection_check import PROTOCOLS, Outcome
 from devices.models import CheckStatus
 from devices.options import QUERY_NAMES, ConnectionOptions, OptionError
 
@@ -97,6 +97,13 @@ def test_the_check_protocols_are_the_runner_s(document):
 def test_the_check_statuses_are_the_model_s(document):
     status = document["components"]["schemas"]["Check"]["properties"]["status"]
     assert status["enum"] == list(CheckStatus.values)
+
+
+def test_the_check_outcomes_are_the_runner_s(document):
+    outcome = document["components"]["schemas"]["Check"]["properties"]["outcome"]
+    codes = [value for name, value in vars(Outcome).items() if name.isupper()]
+    assert outcome["nullable"] is True
+    assert outcome["enum"] == [*codes, None]
 
 
 def test_the_client_id_length_is_the_signing_module_s(document):
