@@ -92,7 +92,8 @@ def _text(body, name, required=True):
     if value is None and not required:
         return None
     if not isinstance(value, str):
-        raise HookInputError(name, f"{name} is required and must be a string.")
+        needed = "is required and must be" if required else "must be"
+        raise HookInputError(name, f"{name} {needed} a string.")
     return value
 
 
@@ -100,16 +101,18 @@ def _choice(body, name, choices, required=True):
     value = body.get(name)
     if value is None and not required:
         return None
-    if value not in choices:
+    if not isinstance(value, str) or value not in choices:  # a list or object is no choice
         raise HookInputError(name, f"{name} must be one of {', '.join(choices)}.")
     return value
 
 
 def _qos(body):
     value = body.get("qos", 0)
-    if isinstance(value, str) and value.isdigit():  # EMQX placeholders arrive as strings
+    # EMQX placeholders arrive as strings: exactly "0", "1" or "2" (str.isdigit() would also
+    # take "²", which int() refuses, and int() would read "01" or Arabic-Indic "١").
+    if isinstance(value, str) and value in ("0", "1", "2"):
         value = int(value)
-    if isinstance(value, bool) or value not in (0, 1, 2):
+    if isinstance(value, bool) or not isinstance(value, int) or value not in (0, 1, 2):
         raise HookInputError("qos", "qos must be 0, 1 or 2.")
     return value
 
@@ -180,6 +183,7 @@ def mqtt_events(request, body):
     if event not in ("client.connected", "client.disconnected"):
         return HttpResponse(status=204)  # other events are not ours to track
     username = _text(body, "username")
+    reason = _text(body, "reason", required=False)  # EMQX sends a word, e.g. "takenover"
     try:
         device_id, product_id = signing.parse_username(username)
     except signing.SigningError:
@@ -197,7 +201,7 @@ def mqtt_events(request, body):
         devices = devices.filter(Q(last_online_at__isnull=True) | Q(last_online_at__lte=when))
     if connected:
         devices.mark_online(when)
-    elif body.get("reason") not in _REPLACED_REASONS:
+    elif reason not in _REPLACED_REASONS:
         devices.mark_offline(when)
     return HttpResponse(status=204)
 

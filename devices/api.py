@@ -7,9 +7,11 @@ gives: 401, 404, 403, 400.
 
 import json
 from functools import wraps
+from pathlib import Path
 
 from django.conf import settings
-from django.http import JsonResponse
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpResponse, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.utils.translation import gettext as _
 from django.views.decorators.csrf import csrf_exempt
@@ -21,10 +23,33 @@ from .models import ApiToken, ConnectionCheck, Device
 from .options import QUERY_NAMES, ConnectionOptions, OptionError
 
 CHECK_HISTORY_LENGTH = 20
+# The fields of the body of POST .../checks (all optional).
+CHECK_BODY_FIELDS = (*QUERY_NAMES, "protocol", "force")
+OPENAPI_DOCUMENT = Path(__file__).with_name("openapi.json")
 
 
 def error_response(status, code, message, field=None):
     return JsonResponse({"error": {"code": code, "message": message, "field": field}}, status=status)
+
+
+def _allow_only(*methods):
+    """Like ``require_http_methods``, but the 405 is in the API's JSON error format."""
+
+    def decorator(view):
+        @wraps(view)
+        def wrapper(request, *args, **kwargs):
+            if request.method not in methods:
+                response = error_response(
+                    405, "method_not_allowed",
+                    f"{request.method} is not allowed here; use {' or '.join(methods)}.",
+                )
+                response["Allow"] = ", ".join(methods)
+                return response
+            return view(request, *args, **kwargs)
+
+        return wrapper
+
+    return decorator
 
 
 def bearer_token(request):
@@ -101,7 +126,22 @@ def mqtt_params(request, device):
             "Connection parameters include a password derived from the device secret; "
             f"this needs the permission {Permission.VIEW_SECRET}.",
         )
-    unknown = sorted(set(request.GET) - set(QUERY_NAMES))
+    problem = _query_problem(request.GET)
+    if problem is not None:
+        return problem
+    try:
+        options = ConnectionOptions.from_query(request.GET)
+        params = device.connection_params(options)
+    except OptionError as error:
+        return error_response(400, error.code, error.message, error.field)
+    response = JsonResponse(params)
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+def _query_problem(query):
+    """A 400 for a query with an unknown or a repeated option, else None."""
+    unknown = sorted(set(query) - set(QUERY_NAMES))
     if unknown:
         # A misspelt option (clientid, signMethod) would otherwise silently take its default.
         return error_response(
@@ -111,14 +151,34 @@ def mqtt_params(request, device):
             % {"name": repr(unknown[0]), "names": ", ".join(QUERY_NAMES)},
             unknown[0],
         )
+    repeated = next((name for name in QUERY_NAMES if len(query.getlist(name)) > 1), None)
+    if repeated is not None:
+        # securemode=3&securemode=2 would otherwise quietly mean whichever came last.
+        return error_response(
+            400,
+            "repeated_option",
+            _("%(name)s is given more than once; give each option at most once.")
+            % {"name": repeated},
+            repeated,
+        )
+    return None
+
+
+def _body_too_large(request):
+    """A 413 in the JSON error format when the body is over the size limit, else None.
+
+    Read before anything else touches the body (the CSRF check reads form bodies), so that an
+    oversized body never reaches Django's HTML 400 page."""
     try:
-        options = ConnectionOptions.from_query(request.GET)
-        params = device.connection_params(options)
-    except OptionError as error:
-        return error_response(400, error.code, error.message, error.field)
-    response = JsonResponse(params)
-    response["Cache-Control"] = "no-store"
-    return response
+        request.body  # noqa: B018 (reading it is the check)
+    except RequestDataTooBig:
+        return error_response(
+            413,
+            "body_too_large",
+            _("The body must be at most %(max)d bytes.")
+            % {"max": settings.DATA_UPLOAD_MAX_MEMORY_SIZE},
+        )
+    return None
 
 
 def _csrf_failure(request):
@@ -148,7 +208,7 @@ def _parse_check_body(request):
             body = None
     if not isinstance(body, dict):
         raise OptionError(None, _("The body must be a JSON object (or empty)."))
-    allowed = (*QUERY_NAMES, "protocol", "force")
+    allowed = CHECK_BODY_FIELDS
     for key in body:
         if key not in allowed:
             raise OptionError(
@@ -190,9 +250,9 @@ def device_checks(request, device):
     if request.method == "GET":
         checks = device.checks.select_related("device__product", "requested_by")
         return JsonResponse({"checks": [c.to_dict() for c in checks[:CHECK_HISTORY_LENGTH]]})
-    csrf_failure = _csrf_failure(request)
-    if csrf_failure is not None:
-        return csrf_failure
+    refusal = _body_too_large(request) or _csrf_failure(request)
+    if refusal is not None:
+        return refusal
     if not request.user.has_perm(Permission.RUN_CHECK):
         return error_response(
             403,
@@ -229,196 +289,10 @@ def check_detail(request, check_id):
     return response
 
 
+@_allow_only("GET")
 def openapi_description(request):
-    """OpenAPI 3 description of the JSON API."""
-    error_schema = {"$ref": "#/components/schemas/Error"}
+    """The OpenAPI 3 description of the JSON API: ``devices/openapi.json``, served as it is.
 
-    def error(description):
-        return {"description": description, "content": {"application/json": {"schema": error_schema}}}
-
-    query = [
-        ("securemode", {"type": "string", "enum": ["2", "3"]},
-         "2 = TLS, 3 = plain TCP. Default: 2 when the deployment has a TLS port, else 3."),
-        ("signmethod", {"type": "string", "enum": ["hmacmd5", "hmacsha1", "hmacsha256"]},
-         "Default hmacsha256."),
-        ("timestamp", {"type": "string", "pattern": "^([0-9]{1,16}|none|now)$"},
-         "Milliseconds, or 'none' to leave it out. Default: the current time."),
-        ("clientId", {"type": "string", "minLength": 1, "maxLength": 64},
-         "Default: the deviceId. None of | , = & or whitespace."),
-        ("exclusive", {"type": "string", "enum": ["true", "false"]}, "Default false."),
-    ]
-    description = {
-        "openapi": "3.0.3",
-        "info": {
-            "title": "Device portal API",
-            "version": "1",
-            "description": "Connection parameters for devices of the platform's MQTT broker.",
-        },
-        "servers": [{"url": "/"}],
-        "security": [{"bearer": []}, {"session": []}],
-        "paths": {
-            "/api/v1/products/{productId}/devices/{deviceId}/mqtt-params": {
-                "get": {
-                    "operationId": "getMqttParams",
-                    "summary": "Broker address and the three CONNECT fields of a device",
-                    "parameters": [
-                        {"name": "productId", "in": "path", "required": True,
-                         "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:@-]{1,64}$"}},
-                        {"name": "deviceId", "in": "path", "required": True,
-                         "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:@-]{1,64}$"}},
-                    ]
-                    + [
-                        {"name": name, "in": "query", "required": False, "schema": schema,
-                         "description": text}
-                        for name, schema, text in query
-                    ],
-                    "responses": {
-                        "200": {
-                            "description": "Connection parameters",
-                            "content": {
-                                "application/json": {
-                                    "schema": {"$ref": "#/components/schemas/MqttParams"}
-                                }
-                            },
-                        },
-                        "400": error("An option is not valid; 'field' names it."),
-                        "401": error("Not logged in and no valid API token."),
-                        "403": error("Lacks the permission devices.view_device_secret."),
-                        "404": error("Unknown product or device."),
-                    },
-                }
-            }
-        },
-        "components": {
-            "securitySchemes": {
-                "bearer": {"type": "http", "scheme": "bearer"},
-                "session": {"type": "apiKey", "in": "cookie", "name": settings.SESSION_COOKIE_NAME},
-            },
-            "schemas": {
-                "Error": {
-                    "type": "object",
-                    "required": ["error"],
-                    "properties": {
-                        "error": {
-                            "type": "object",
-                            "required": ["code", "message", "field"],
-                            "properties": {
-                                "code": {"type": "string"},
-                                "message": {"type": "string"},
-                                "field": {"type": "string", "nullable": True},
-                            },
-                        }
-                    },
-                },
-                "MqttParams": {
-                    "type": "object",
-                    "required": [
-                        "productId", "deviceId", "clientId", "securemode", "signmethod",
-                        "timestamp", "exclusive", "host", "port", "mqttClientId",
-                        "mqttUsername", "mqttPassword",
-                    ],
-                    "properties": {
-                        "productId": {"type": "string"},
-                        "deviceId": {"type": "string"},
-                        "clientId": {"type": "string"},
-                        "securemode": {"type": "integer", "enum": [2, 3]},
-                        "signmethod": {"type": "string"},
-                        "timestamp": {"type": "integer", "nullable": True},
-                        "exclusive": {"type": "boolean"},
-                        "host": {"type": "string"},
-                        "port": {"type": "integer"},
-                        "mqttClientId": {"type": "string"},
-                        "mqttUsername": {"type": "string"},
-                        "mqttPassword": {"type": "string"},
-                    },
-                },
-            },
-        },
-    }
-    _describe_checks(description, error)
-    return JsonResponse(description)
-
-
-def _describe_checks(description, error):
-    """The connection-check endpoints in the OpenAPI description."""
-    path_id = {"type": "string", "pattern": "^[A-Za-z0-9._:@-]{1,64}$"}
-    check = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Check"}}}}
-    description["paths"]["/api/v1/products/{productId}/devices/{deviceId}/checks"] = {
-        "parameters": [
-            {"name": "productId", "in": "path", "required": True, "schema": path_id},
-            {"name": "deviceId", "in": "path", "required": True, "schema": path_id},
-        ],
-        "post": {
-            "operationId": "startCheck",
-            "summary": "Queue a connection check of the device (connects as the device)",
-            "requestBody": {"required": False, "content": {"application/json": {"schema": {
-                "type": "object", "additionalProperties": False,
-                "properties": {
-                    "securemode": {"type": "integer", "enum": [2, 3]},
-                    "signmethod": {"type": "string",
-                                   "enum": ["hmacmd5", "hmacsha1", "hmacsha256"]},
-                    "timestamp": {"type": "string", "description": "ms, 'now' or 'none'"},
-                    "clientId": {"type": "string", "minLength": 1, "maxLength": 64},
-                    "exclusive": {"type": "boolean"},
-                    "protocol": {"type": "string", "enum": ["3.1.1", "5.0", "3.1"]},
-                    "force": {"type": "boolean",
-                              "description": "Required (true) when the device is online."},
-                },
-            }}}},
-            "responses": {
-                "202": {"description": "Queued", **check},
-                "400": error("An option is not valid; 'field' names it."),
-                "401": error("Not logged in and no valid API token."),
-                "403": error("Lacks the permission devices.add_connectioncheck (or CSRF)."),
-                "404": error("Unknown product or device."),
-                "409": error("The device is online and force is not true."),
-            },
-        },
-        "get": {
-            "operationId": "listChecks",
-            "summary": "The device's latest connection checks, newest first",
-            "responses": {
-                "200": {"description": "Checks", "content": {"application/json": {"schema": {
-                    "type": "object", "properties": {"checks": {
-                        "type": "array", "items": {"$ref": "#/components/schemas/Check"}}}}}}},
-                "401": error("Not logged in and no valid API token."),
-                "404": error("Unknown product or device."),
-            },
-        },
-    }
-    description["paths"]["/api/v1/checks/{id}"] = {
-        "get": {
-            "operationId": "getCheck",
-            "summary": "One connection check: poll it until status is succeeded or failed",
-            "parameters": [{"name": "id", "in": "path", "required": True,
-                            "schema": {"type": "integer"}}],
-            "responses": {
-                "200": {"description": "The check", **check},
-                "401": error("Not logged in and no valid API token."),
-                "404": error("Unknown check."),
-            },
-        }
-    }
-    nullable_string = {"type": "string", "nullable": True}
-    description["components"]["schemas"]["Check"] = {
-        "type": "object",
-        "required": ["id", "status", "reason", "latencyMs"],
-        "properties": {
-            "id": {"type": "integer"},
-            "productId": {"type": "string"},
-            "deviceId": {"type": "string"},
-            "status": {"type": "string", "enum": ["queued", "running", "succeeded", "failed"]},
-            "outcome": nullable_string,
-            "reason": nullable_string,
-            "hint": nullable_string,
-            "detail": nullable_string,
-            "connackCode": {"type": "integer", "nullable": True},
-            "latencyMs": {"type": "number", "nullable": True},
-            "latencies": {"type": "object", "additionalProperties": {"type": "number"}},
-            "options": {"type": "object"},
-            "requestedBy": nullable_string,
-            "queuedAt": {"type": "string", "format": "date-time"},
-            "startedAt": {"type": "string", "format": "date-time", "nullable": True},
-            "finishedAt": {"type": "string", "format": "date-time", "nullable": True},
-        },
-    }
+    A document, not code: tests/test_openapi.py keeps its enums and patterns equal to the
+    constants the code decides with, so neither can drift from the other."""
+    return HttpResponse(OPENAPI_DOCUMENT.read_bytes(), content_type="application/json")

@@ -17,7 +17,10 @@ from axes.helpers import get_client_username, get_cool_off, get_credentials, get
 from axes.models import AccessBase
 from django.conf import settings
 from django.contrib.auth.signals import user_login_failed
+from django.core.exceptions import RequestDataTooBig
 from django.db.models import Max, Sum
+from django.http import QueryDict
+from django.http.multipartparser import MultiPartParserError
 from django.shortcuts import render
 from django.utils import timezone
 
@@ -31,8 +34,13 @@ def lockout_parameters(request_or_attempt, credentials=None):
     """Axes' AXES_LOCKOUT_PARAMETERS: by address, and by account when one was named."""
     if isinstance(request_or_attempt, AccessBase):
         username = request_or_attempt.username
+    elif getattr(request_or_attempt, "portal_token_failure", False):
+        username = None  # a failed API token names no account; its body is not a login form
     else:
-        username = get_client_username(request_or_attempt, credentials)
+        try:
+            username = get_client_username(request_or_attempt, credentials)
+        except (MultiPartParserError, RequestDataTooBig, UnicodeDecodeError):
+            username = None  # a body that is no form names no account
     return ["ip_address", "username"] if username else ["ip_address"]
 
 
@@ -108,6 +116,11 @@ def token_retry_after(request):
 
 def record_token_failure(request):
     """Counts an unknown API token against the request's address (never the token itself)."""
+    request.portal_token_failure = True
+    try:
+        _ = request.POST  # axes copies the form fields (masked) into its record of the failure
+    except (MultiPartParserError, RequestDataTooBig, UnicodeDecodeError):
+        request.POST = QueryDict()  # a body that is no form: there is nothing to copy
     user_login_failed.send(sender=__name__, credentials=_token_credentials(), request=request)
     # Axes flags the request that reached the limit for its middleware to swap in the lock-out
     # page; the API answers this one as the 401 it is, and the next ones with its own 429.

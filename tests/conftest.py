@@ -1,4 +1,5 @@
-"""Shared fixtures: an owner (may see secrets), a member (may not), a product and a device."""
+"""Shared fixtures: an owner (may see secrets), a member (may not), staff without secrets, an
+outsider (no permissions), a product and a device."""
 
 import json
 from pathlib import Path
@@ -65,6 +66,12 @@ def staff_without_secrets(django_user_model):
         )
     )
     return django_user_model.objects.get(pk=user.pk)
+
+
+@pytest.fixture
+def outsider(django_user_model):
+    """Logged-in user with no permissions at all."""
+    return django_user_model.objects.create_user("dave", password="dave-password")
 
 
 @pytest.fixture
