@@ -390,15 +390,18 @@ class BrokerSessionQuerySet(models.QuerySet):
 class BrokerSession(models.Model):
     """A CONNECT the portal accepted for EMQX, and the connection it became (see the queryset)."""
 
-    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="broker_sessions")
-    username = models.CharField(max_length=129)
-    client_id = models.CharField(max_length=255)  # the device's own mqttClientId
-    broker_client_id = models.CharField(max_length=255, blank=True)  # EMQX's client id
-    peerhost = models.CharField(max_length=64, blank=True)
-    peername = models.CharField(max_length=80, blank=True)  # "host:port", once connected
-    exclusive = models.BooleanField(default=False)
-    authenticated_at = models.DateTimeField(default=timezone.now)
-    connected_at = models.DateTimeField(null=True, blank=True)  # EMQX's time
+    device = models.ForeignKey(
+        Device, on_delete=models.CASCADE, related_name="broker_sessions", verbose_name=_("device")
+    )
+    username = models.CharField(_("mqttUsername"), max_length=129)
+    client_id = models.CharField(_("mqttClientId"), max_length=255)  # the device's own
+    broker_client_id = models.CharField(_("EMQX client id"), max_length=255, blank=True)
+    peerhost = models.CharField(_("peer address"), max_length=64, blank=True)
+    # "host:port", once connected
+    peername = models.CharField(_("peer address and port"), max_length=80, blank=True)
+    exclusive = models.BooleanField(_("exclusive"), default=False)
+    authenticated_at = models.DateTimeField(_("authenticated"), default=timezone.now)
+    connected_at = models.DateTimeField(_("connected"), null=True, blank=True)  # EMQX's time
 
     objects = BrokerSessionQuerySet.as_manager()
 
@@ -415,12 +418,13 @@ class PendingKick(models.Model):
     """A device EMQX must disconnect (disabled, secret rotated, deleted), kept until EMQX's REST
     API has done it, so that no kick is lost to a failure or a restart (``devices.emqx``)."""
 
-    client_id = models.CharField(max_length=255)  # EMQX's client id: deviceId&productId
-    reason = models.CharField(max_length=32)
-    created_at = models.DateTimeField(default=timezone.now)
-    attempts = models.PositiveIntegerField(default=0)
-    next_attempt_at = models.DateTimeField(default=timezone.now, db_index=True)
-    last_error = models.CharField(max_length=255, blank=True)
+    # EMQX's client id: deviceId&productId
+    client_id = models.CharField(_("EMQX client id"), max_length=255)
+    reason = models.CharField(_("reason"), max_length=32)
+    created_at = models.DateTimeField(_("created"), default=timezone.now)
+    attempts = models.PositiveIntegerField(_("attempts"), default=0)
+    next_attempt_at = models.DateTimeField(_("next attempt"), default=timezone.now, db_index=True)
+    last_error = models.CharField(_("last error"), max_length=255, blank=True)
 
     class Meta:
         ordering = ["next_attempt_at", "pk"]
