@@ -162,6 +162,8 @@ def _holder(record):
     from devices.models import BrokerSession
 
     sessions = BrokerSession.objects.connected().filter(device_id=record.pk)
+    if record.secret_rotated_at is not None:  # signed with the old secret: being kicked
+        sessions = sessions.filter(authenticated_at__gte=record.secret_rotated_at)
     for session in sessions.order_by("-exclusive", "-connected_at"):
         if session.exclusive and emqx.enabled():
             broker_id = session.broker_client_id or session.username

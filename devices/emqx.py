@@ -111,8 +111,18 @@ def queue_kicks(devices, reason: str):
         [PendingKick(client_id=emqx_client_id(device), reason=reason) for device in devices]
     )
     if kicks:
-        transaction.on_commit(lambda: _enqueue())
+        _send_after_commit()
     return kicks
+
+
+def _send_after_commit():
+    """One send per transaction, however many kicks it queued (deleting 10,000 devices)."""
+    connection = transaction.get_connection()
+    if connection.in_atomic_block and any(
+        entry[1] is _enqueue for entry in connection.run_on_commit
+    ):
+        return
+    transaction.on_commit(_enqueue)
 
 
 def _enqueue(run_after=None):

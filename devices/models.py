@@ -146,9 +146,15 @@ class DeviceQuerySet(models.QuerySet):
     def set_enabled(self, enabled: bool) -> int:
         """Enable or disable these devices in one UPDATE (the admin action); the ones this
         disables are disconnected from EMQX at once (``devices.emqx``). Returns how many."""
+        from .emqx import enabled as emqx_enabled
         from .emqx import queue_kicks
 
-        newly_disabled = [] if enabled else list(self.filter(enabled=True))
+        newly_disabled = []
+        if not enabled and emqx_enabled():
+            newly_disabled = list(
+                self.filter(enabled=True).select_related("product")
+                .only("pk", "device_id", "product__product_id")
+            )
         count = self.update(enabled=enabled, updated_at=timezone.now())
         queue_kicks(newly_disabled, "disabled")
         return count
@@ -303,6 +309,11 @@ SESSION_PENDING_SECONDS = 300
 SESSION_PENDING_GRANT_SECONDS = 30
 
 
+def _db_text(value, length) -> str:
+    """A value a client controls, fit for a CharField on every database (no NUL, not too long)."""
+    return (value or "").replace("\x00", "")[:length]
+
+
 def _peerhost_of(peername: str) -> str:
     """``192.0.2.10:50000`` (EMQX's peername, also for IPv6: ``::1:50000``) → ``192.0.2.10``."""
     host, sep, port = peername.rpartition(":")
@@ -325,9 +336,9 @@ class BrokerSessionQuerySet(models.QuerySet):
             authenticated_at__lt=now - timezone.timedelta(seconds=SESSION_PENDING_SECONDS),
         ).delete()  # accepted CONNECTs that never became a connection
         return self.create(
-            device_id=device_pk, username=username, client_id=client_id[:255],
-            broker_client_id=(broker_client_id or "")[:255], peerhost=(peerhost or "")[:64],
-            exclusive=exclusive, authenticated_at=now,
+            device_id=device_pk, username=_db_text(username, 129),
+            client_id=_db_text(client_id, 255), broker_client_id=_db_text(broker_client_id, 255),
+            peerhost=_db_text(peerhost, 64), exclusive=exclusive, authenticated_at=now,
         )
 
     def mark_connected(self, username, peername, broker_client_id, when):
@@ -340,16 +351,17 @@ class BrokerSessionQuerySet(models.QuerySet):
             connected_at__isnull=True,
             authenticated_at__gte=now - timezone.timedelta(seconds=SESSION_PENDING_SECONDS),
         )
+        username, peername = _db_text(username, 129), _db_text(peername, 80)
         if peername:
-            host = _peerhost_of(peername)[:64]
+            host = _db_text(_peerhost_of(peername), 64)
             pending = pending.filter(models.Q(peerhost=host) | models.Q(peerhost=""))
         session = pending.order_by("-authenticated_at", "-pk").first()
         if session is None:
             return None
         session.connected_at = when or now
-        session.peername = (peername or "")[:80]
+        session.peername = peername
         if broker_client_id:
-            session.broker_client_id = broker_client_id[:255]
+            session.broker_client_id = _db_text(broker_client_id, 255)
         session.save(update_fields=["connected_at", "peername", "broker_client_id"])
         newest = self.connected().filter(username=username).order_by("-connected_at", "-pk").first()
         self.connected().filter(username=username).exclude(pk=newest.pk).delete()
@@ -358,14 +370,15 @@ class BrokerSessionQuerySet(models.QuerySet):
     def mark_disconnected(self, username, peername, when):
         """EMQX says the connection of ``username`` from ``peername`` ended: forget it. None when
         no such connection (or accepted CONNECT) is recorded."""
+        username, peername = _db_text(username, 129), _db_text(peername, 80)
         sessions = self.filter(username=username)
         if peername:
-            session = sessions.connected().filter(peername=peername[:80]).first()
+            session = sessions.connected().filter(peername=peername).first()
             if session is None:  # the disconnect overtook its own connected event
                 before = when or timezone.now()
                 session = (
                     sessions.filter(connected_at__isnull=True,
-                                    peerhost__in=[_peerhost_of(peername)[:64], ""],
+                                    peerhost__in=[_db_text(_peerhost_of(peername), 64), ""],
                                     authenticated_at__lte=before)
                     .order_by("authenticated_at", "pk").first()
                 )
@@ -379,11 +392,13 @@ class BrokerSessionQuerySet(models.QuerySet):
         """The live sessions that give ``client_id`` (EMQX's client id: the username with
         ``clientid_override``, else the device's mqttClientId) of ``username`` its rights."""
         recent = timezone.now() - timezone.timedelta(seconds=SESSION_PENDING_GRANT_SECONDS)
-        sessions = self.filter(username=username).filter(
+        client_id = _db_text(client_id, 255)
+        sessions = self.filter(username=_db_text(username, 129)).filter(
             models.Q(connected_at__isnull=False) | models.Q(authenticated_at__gte=recent)
-        ).filter(models.Q(broker_client_id=client_id[:255]) | models.Q(client_id=client_id[:255]))
+        ).filter(models.Q(broker_client_id=client_id) | models.Q(client_id=client_id))
         if peerhost:
-            sessions = sessions.filter(models.Q(peerhost=peerhost[:64]) | models.Q(peerhost=""))
+            host = _db_text(peerhost, 64)
+            sessions = sessions.filter(models.Q(peerhost=host) | models.Q(peerhost=""))
         return sessions
 
 
@@ -406,7 +421,10 @@ class BrokerSession(models.Model):
     objects = BrokerSessionQuerySet.as_manager()
 
     class Meta:
-        indexes = [models.Index(fields=["username", "connected_at"], name="brokersession_user_idx")]
+        indexes = [
+            models.Index(fields=["username", "connected_at"], name="brokersession_user_idx"),
+            models.Index(fields=["connected_at", "authenticated_at"], name="brokersession_age_idx"),
+        ]
         verbose_name = _("EMQX session")
         verbose_name_plural = _("EMQX sessions")
 

@@ -237,3 +237,14 @@ def test_an_exclusive_holder_emqx_no_longer_has_is_forgotten(api, client, settin
     api.connected.clear()  # EMQX restarted; the disconnect never reached the portal
     assert broker.connect("tcp", *creds(client_id="serial-77")).alive
     assert ("GET", "/api/v5/clients/sensor-001%26a1B2c3D4e5F") in api.requests
+
+
+def test_deleting_many_devices_sends_once(api, commits, product, monkeypatch):
+    Device.objects.bulk_create(
+        [Device(product=product, device_id=f"bulk-{n}") for n in range(5)]
+    )
+    sends = []
+    monkeypatch.setattr(emqx, "_enqueue", lambda run_after=None: sends.append(run_after))
+    with commits():
+        Device.objects.filter(device_id__startswith="bulk-").delete()
+    assert PendingKick.objects.count() == 5 and sends == [None]

@@ -179,3 +179,41 @@ def test_authorization_gives_up_after_five_seconds(emqx):
     timeout = emqx.config.get("authorization.sources")[0]["request_timeout"]
     start = datetime(2000, 1, 1)
     assert (start + timeout - start).total_seconds() == 5
+
+
+def test_a_session_signed_with_the_old_secret_loses_its_rights_at_once(emqx, device):
+    session = emqx.connect("tcp", *credentials(device))
+    Device.objects.get(pk=device.pk).rotate_secret()
+    assert emqx.authorize(session, "publish", UP) == "deny"
+    assert emqx.connect("tcp", *credentials(Device.objects.get(pk=device.pk))).alive
+
+
+def test_an_exclusive_holder_with_the_old_secret_does_not_block_the_new_one(emqx, device):
+    holder = emqx.connect("tcp", *credentials(device, exclusive=True))
+    rotated = Device.objects.get(pk=device.pk)
+    rotated.rotate_secret()  # the holder is being kicked (no EMQX API here: it stays connected)
+    newcomer = emqx.connect("tcp", *credentials(rotated, exclusive=True))
+    assert not holder.alive and newcomer.alive
+
+
+def test_the_accepted_connect_is_recorded_with_what_the_hook_knows(emqx, device):
+    from devices.models import BrokerSession
+
+    client_id, username, password = credentials(device, exclusive=True)
+    emqx.connect("tcp", client_id, username, password, peerhost="192.0.2.44")
+    session = BrokerSession.objects.get()
+    assert (session.client_id, session.broker_client_id, session.username) == (
+        client_id, username, username)
+    assert session.peerhost == "192.0.2.44" and session.peername.startswith("192.0.2.44:")
+    assert session.exclusive and session.connected_at is not None
+
+
+@pytest.mark.parametrize("field", ["peerhost", "broker_clientid"])
+def test_a_nul_in_a_recorded_value_is_no_500(client, device, field):
+    client_id, username, password = credentials(device)
+    body = {"clientid": client_id, "username": username, "password": password,
+            "peerhost": "192.0.2.10", "broker_clientid": username, "transport": "tcp"}
+    body[field] = "192.0.2.10\x00evil"
+    response = client.post("/mqtt/auth", data=json.dumps(body), content_type="application/json",
+                           HTTP_AUTHORIZATION=f"Bearer {TOKEN}")
+    assert response.status_code == 200
