@@ -128,27 +128,65 @@ def _retain(body):
 
 @broker_hook
 def mqtt_auth(request, body):
-    """EMQX HTTP authentication: allow or deny a CONNECT (200 either way)."""
+    """EMQX HTTP authentication: allow or deny a CONNECT (200 either way).
+
+    ``clientid`` is the device's own mqttClientId (``${client_attrs.mqtt_clientid}`` in the
+    README's configuration); ``broker_clientid``, when sent, is EMQX's client id. An accepted
+    CONNECT is recorded (``BrokerSession``): only recorded sessions get rights at ``/mqtt/acl``,
+    and an exclusive one refuses newcomers of its device (spec §4) until it leaves."""
     client_id = _text(body, "clientid")
     username = _text(body, "username")
     password = _text(body, "password")
     peerhost = _text(body, "peerhost", required=False)
+    broker_client_id = _text(body, "broker_clientid", required=False)
     transport = _choice(body, "transport", verifier.TRANSPORTS, required=False)
     verdict = verifier.verify_connect(client_id, username, password, transport)
+    if verdict.accepted:
+        verdict = verifier.admit(verdict, _holder(verdict.record))
     if not verdict.accepted:
         logger.warning(
             "Hook refused CONNECT from %s over %s (mqttClientId %r, username %r): %s: %s",
             shown(peerhost or "?"), transport or "an unknown transport", shown(client_id),
             shown(username), verdict.code, shown(verdict.reason, MAX_TEXT_CHARS),
         )
-    return JsonResponse({"result": "allow" if verdict.accepted else "deny", "is_superuser": False})
+        return JsonResponse({"result": "deny", "is_superuser": False})
+    from devices.models import BrokerSession
+
+    BrokerSession.objects.record_authenticated(
+        verdict.record.pk, username, client_id, peerhost, verdict.parsed.exclusive,
+        broker_client_id,
+    )
+    return JsonResponse({"result": "allow", "is_superuser": False})
+
+
+def _holder(record):
+    """The connection that holds the device on EMQX now (an exclusive one first), from the
+    portal's record; a record EMQX's REST API says is gone (its events were lost) is dropped."""
+    from devices import emqx
+    from devices.models import BrokerSession
+
+    sessions = BrokerSession.objects.connected().filter(device_id=record.pk)
+    if record.secret_rotated_at is not None:  # signed with the old secret: being kicked
+        sessions = sessions.filter(authenticated_at__gte=record.secret_rotated_at)
+    for session in sessions.order_by("-exclusive", "-connected_at"):
+        if session.exclusive and emqx.enabled():
+            broker_id = session.broker_client_id or session.username
+            if emqx.EmqxApi().is_connected(broker_id) is False:
+                logger.warning("EMQX no longer has %r (its disconnect never reached the portal); "
+                               "forgetting it", broker_id)
+                session.delete()
+                continue
+        return verifier.Holder(session.client_id, session.exclusive)
+    return None
 
 
 @broker_hook
 def mqtt_acl(request, body):
-    """EMQX HTTP authorization: a publish or subscribe inside the device's own space only."""
+    """EMQX HTTP authorization: a publish or subscribe inside the device's own space, only for a
+    session the portal authenticated (``/mqtt/auth``) and has not seen end."""
     client_id = _text(body, "clientid")
     username = _text(body, "username")
+    peerhost = _text(body, "peerhost", required=False)
     action = _choice(body, "action", verifier.ACTIONS)
     topic = _text(body, "topic")
     qos = _qos(body)
@@ -165,6 +203,8 @@ def mqtt_acl(request, body):
             reason = "unknown device"
         elif not record.enabled:
             reason = "the device is disabled"
+        elif not _authenticated_session(record, username, client_id, peerhost):
+            reason = "no session of this client the portal authenticated is connected"
         else:
             verdict = verifier.authorize_topic(product_id, device_id, action, topic, qos, retain)
             reason = None if verdict.allowed else verdict.reason
@@ -176,32 +216,60 @@ def mqtt_acl(request, body):
     return JsonResponse({"result": "allow"})
 
 
+def _authenticated_session(record, username, client_id, peerhost):
+    from devices.models import BrokerSession
+
+    sessions = BrokerSession.objects.authorizing(username, client_id, peerhost).filter(
+        device_id=record.pk
+    )
+    if record.secret_rotated_at is not None:  # a session signed with the old secret has none
+        sessions = sessions.filter(authenticated_at__gte=record.secret_rotated_at)
+    return sessions.exists()
+
+
 @broker_hook
 def mqtt_events(request, body):
-    """EMQX webhook: client.connected / client.disconnected keep the device's status (204)."""
+    """EMQX webhook: client.connected / client.disconnected keep the device's status and the
+    record of its sessions (204). Only a connection the portal authenticated counts: events of
+    any other (a listener without the portal's authenticator) change nothing."""
     event = _text(body, "event")
     if event not in ("client.connected", "client.disconnected"):
         return HttpResponse(status=204)  # other events are not ours to track
     username = _text(body, "username")
     reason = _text(body, "reason", required=False)  # EMQX sends a word, e.g. "takenover"
+    peername = _text(body, "peername", required=False)
+    broker_client_id = _text(body, "clientid", required=False)
     try:
         device_id, product_id = signing.parse_username(username)
     except signing.SigningError:
         return HttpResponse(status=204)  # such a client was never accepted
     from django.db.models import Q
 
-    from devices.models import Device
+    from devices.models import BrokerSession, Device
 
     devices = Device.objects.filter(product__product_id=product_id, device_id=device_id)
     connected = event == "client.connected"
     when = _event_time(body, "connected_at" if connected else "disconnected_at")
+    if connected:
+        session = BrokerSession.objects.mark_connected(username, peername, broker_client_id, when)
+    else:
+        session = BrokerSession.objects.mark_disconnected(username, peername, when)
+    if session is None:
+        logger.warning(
+            "EMQX reports %s of %r from %s, a connection the portal never authenticated (or "
+            "already saw end): ignored. Every EMQX listener must authenticate through /mqtt/auth.",
+            event, username, peername or "?",
+        )
+        return HttpResponse(status=204)
     if when is not None:
         # EMQX may deliver a reconnect's events out of order (its HTTP action is asynchronous):
         # an event older than the device's last recorded change is history, not news.
         devices = devices.filter(Q(last_online_at__isnull=True) | Q(last_online_at__lte=when))
     if connected:
         devices.mark_online(when)
-    elif reason not in _REPLACED_REASONS:
+    elif reason not in _REPLACED_REASONS and not (
+        BrokerSession.objects.connected().filter(device_id=session.device_id).exists()
+    ):
         devices.mark_offline(when)
     return HttpResponse(status=204)
 

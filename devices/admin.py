@@ -31,8 +31,10 @@ from .forms import (
 from .models import (
     ApiToken,
     AuditEvent,
+    BrokerSession,
     ConnectionCheck,
     Device,
+    PendingKick,
     Product,
     RegistrationBatch,
 )
@@ -226,8 +228,8 @@ class DeviceAdmin(admin.ModelAdmin):
     # -- actions -----------------------------------------------------------------------------
 
     def _set_enabled(self, request, queryset, enabled):
-        # update() skips save(), so updated_at (which the broker watches) is set here.
-        count = queryset.update(enabled=enabled, updated_at=timezone.now())
+        # One UPDATE (updated_at included); the disabled ones are kicked from EMQX too.
+        count = queryset.set_enabled(enabled)
         message = (
             ngettext("Enabled %(count)d device.", "Enabled %(count)d devices.", count)
             if enabled
@@ -649,3 +651,31 @@ class ConnectionCheckAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+
+# -- EMQX ------------------------------------------------------------------------------------------
+
+
+class _ReadOnlyAdmin(admin.ModelAdmin):
+    """Kept by the portal itself: seen and deleted (a stale record), never written by hand."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(BrokerSession)
+class BrokerSessionAdmin(_ReadOnlyAdmin):
+    list_display = ["username", "client_id", "peername", "peerhost", "exclusive",
+                    "authenticated_at", "connected_at"]
+    list_filter = ["exclusive"]
+    search_fields = ["username", "client_id"]
+
+
+@admin.register(PendingKick)
+class PendingKickAdmin(_ReadOnlyAdmin):
+    list_display = ["client_id", "reason", "created_at", "attempts", "next_attempt_at",
+                    "last_error"]
+    search_fields = ["client_id"]

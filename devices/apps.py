@@ -6,3 +6,6 @@ class DevicesConfig(AppConfig):
     name = "devices"
     verbose_name = _("Device registry")
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self):
+        from . import emqx  # noqa: F401  (its post_delete receiver kicks deleted devices)

@@ -143,6 +143,22 @@ class DeviceQuerySet(models.QuerySet):
             status=DeviceStatus.OFFLINE, last_online_at=now
         )
 
+    def set_enabled(self, enabled: bool) -> int:
+        """Enable or disable these devices in one UPDATE (the admin action); the ones this
+        disables are disconnected from EMQX at once (``devices.emqx``). Returns how many."""
+        from .emqx import enabled as emqx_enabled
+        from .emqx import queue_kicks
+
+        newly_disabled = []
+        if not enabled and emqx_enabled():
+            newly_disabled = list(
+                self.filter(enabled=True).select_related("product")
+                .only("pk", "device_id", "product__product_id")
+            )
+        count = self.update(enabled=enabled, updated_at=timezone.now())
+        queue_kicks(newly_disabled, "disabled")
+        return count
+
 
 class Device(models.Model):
     product = models.ForeignKey(
@@ -193,9 +209,31 @@ class Device(models.Model):
     def __str__(self):
         return f"{self.device_id}&{self.product.product_id}"
 
+    @classmethod
+    def from_db(cls, db, field_names, values):
+        device = super().from_db(db, field_names, values)
+        device._enabled_when_loaded = device.__dict__.get("enabled")
+        return device
+
     def save(self, *args, **kwargs):
         validate_identifier(self.device_id)
+        update_fields = kwargs.get("update_fields")
+        disabling = (
+            getattr(self, "_enabled_when_loaded", None) is True
+            and not self.enabled
+            and (update_fields is None or "enabled" in update_fields)
+        )
         super().save(*args, **kwargs)
+        self._enabled_when_loaded = self.enabled
+        if disabling:  # whichever way (console, admin form, a script): EMQX disconnects it
+            from .emqx import queue_kicks
+
+            queue_kicks([self], "disabled")
+
+    @property
+    def mqtt_username(self) -> str:
+        """The username it connects with (and, with EMQX's clientid_override, EMQX's client id)."""
+        return f"{self.device_id}&{self.product.product_id}"
 
     @property
     def masked_secret(self):
@@ -255,11 +293,164 @@ class Device(models.Model):
         self.secret_rotated_at = timezone.now()
         self.save(update_fields=["device_secret", "secret_rotated_at", "updated_at"])
         AuditEvent.record(AuditEvent.Action.ROTATE_SECRET, actor, [self])
+        from .emqx import queue_kicks
+
+        queue_kicks([self], "secret_rotated")
         return self.device_secret
 
     def set_enabled(self, enabled: bool):
         self.enabled = enabled
         self.save(update_fields=["enabled", "updated_at"])
+
+
+# How long an accepted CONNECT waits for EMQX's client.connected event, and how long it gives
+# rights before that event (EMQX's webhook is asynchronous, its ACL requests are not).
+SESSION_PENDING_SECONDS = 300
+SESSION_PENDING_GRANT_SECONDS = 30
+
+
+def _db_text(value, length) -> str:
+    """A value a client controls, fit for a CharField on every database (no NUL, not too long)."""
+    return (value or "").replace("\x00", "")[:length]
+
+
+def _peerhost_of(peername: str) -> str:
+    """``192.0.2.10:50000`` (EMQX's peername, also for IPv6: ``::1:50000``) → ``192.0.2.10``."""
+    host, sep, port = peername.rpartition(":")
+    return host.strip("[]") if sep and port.isdigit() else peername
+
+
+class BrokerSessionQuerySet(models.QuerySet):
+    """The portal's own record of the EMQX sessions it authenticated (README, "EMQX 5"):
+    ``/mqtt/auth`` records an accepted CONNECT, EMQX's webhook says when it connected and when it
+    ended, and ``/mqtt/acl`` grants rights only to a connection recorded here."""
+
+    def connected(self):
+        return self.filter(connected_at__isnull=False)
+
+    def record_authenticated(self, device_pk, username, client_id, peerhost, exclusive,
+                             broker_client_id=""):
+        now = timezone.now()
+        self.filter(
+            connected_at__isnull=True,
+            authenticated_at__lt=now - timezone.timedelta(seconds=SESSION_PENDING_SECONDS),
+        ).delete()  # accepted CONNECTs that never became a connection
+        return self.create(
+            device_id=device_pk, username=_db_text(username, 129),
+            client_id=_db_text(client_id, 255), broker_client_id=_db_text(broker_client_id, 255),
+            peerhost=_db_text(peerhost, 64), exclusive=exclusive, authenticated_at=now,
+        )
+
+    def mark_connected(self, username, peername, broker_client_id, when):
+        """EMQX says a connection of ``username`` from ``peername`` is up: the accepted CONNECT
+        it was, now connected (older connections of the device are over: one per device). None
+        when the portal never accepted such a CONNECT."""
+        now = timezone.now()
+        pending = self.filter(
+            username=username,
+            connected_at__isnull=True,
+            authenticated_at__gte=now - timezone.timedelta(seconds=SESSION_PENDING_SECONDS),
+        )
+        username, peername = _db_text(username, 129), _db_text(peername, 80)
+        if peername:
+            host = _db_text(_peerhost_of(peername), 64)
+            pending = pending.filter(models.Q(peerhost=host) | models.Q(peerhost=""))
+        session = pending.order_by("-authenticated_at", "-pk").first()
+        if session is None:
+            return None
+        session.connected_at = when or now
+        session.peername = peername
+        if broker_client_id:
+            session.broker_client_id = _db_text(broker_client_id, 255)
+        session.save(update_fields=["connected_at", "peername", "broker_client_id"])
+        newest = self.connected().filter(username=username).order_by("-connected_at", "-pk").first()
+        self.connected().filter(username=username).exclude(pk=newest.pk).delete()
+        return session
+
+    def mark_disconnected(self, username, peername, when):
+        """EMQX says the connection of ``username`` from ``peername`` ended: forget it. None when
+        no such connection (or accepted CONNECT) is recorded."""
+        username, peername = _db_text(username, 129), _db_text(peername, 80)
+        sessions = self.filter(username=username)
+        if peername:
+            session = sessions.connected().filter(peername=peername).first()
+            if session is None:  # the disconnect overtook its own connected event
+                before = when or timezone.now()
+                session = (
+                    sessions.filter(connected_at__isnull=True,
+                                    peerhost__in=[_db_text(_peerhost_of(peername), 64), ""],
+                                    authenticated_at__lte=before)
+                    .order_by("authenticated_at", "pk").first()
+                )
+        else:
+            session = sessions.connected().order_by("-connected_at", "-pk").first()
+        if session is not None:
+            session.delete()
+        return session
+
+    def authorizing(self, username, client_id, peerhost=None):
+        """The live sessions that give ``client_id`` (EMQX's client id: the username with
+        ``clientid_override``, else the device's mqttClientId) of ``username`` its rights."""
+        recent = timezone.now() - timezone.timedelta(seconds=SESSION_PENDING_GRANT_SECONDS)
+        client_id = _db_text(client_id, 255)
+        sessions = self.filter(username=_db_text(username, 129)).filter(
+            models.Q(connected_at__isnull=False) | models.Q(authenticated_at__gte=recent)
+        ).filter(models.Q(broker_client_id=client_id) | models.Q(client_id=client_id))
+        if peerhost:
+            host = _db_text(peerhost, 64)
+            sessions = sessions.filter(models.Q(peerhost=host) | models.Q(peerhost=""))
+        return sessions
+
+
+class BrokerSession(models.Model):
+    """A CONNECT the portal accepted for EMQX, and the connection it became (see the queryset)."""
+
+    device = models.ForeignKey(
+        Device, on_delete=models.CASCADE, related_name="broker_sessions", verbose_name=_("device")
+    )
+    username = models.CharField(_("mqttUsername"), max_length=129)
+    client_id = models.CharField(_("mqttClientId"), max_length=255)  # the device's own
+    broker_client_id = models.CharField(_("EMQX client id"), max_length=255, blank=True)
+    peerhost = models.CharField(_("peer address"), max_length=64, blank=True)
+    # "host:port", once connected
+    peername = models.CharField(_("peer address and port"), max_length=80, blank=True)
+    exclusive = models.BooleanField(_("exclusive"), default=False)
+    authenticated_at = models.DateTimeField(_("authenticated"), default=timezone.now)
+    connected_at = models.DateTimeField(_("connected"), null=True, blank=True)  # EMQX's time
+
+    objects = BrokerSessionQuerySet.as_manager()
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["username", "connected_at"], name="brokersession_user_idx"),
+            models.Index(fields=["connected_at", "authenticated_at"], name="brokersession_age_idx"),
+        ]
+        verbose_name = _("EMQX session")
+        verbose_name_plural = _("EMQX sessions")
+
+    def __str__(self):
+        return f"{self.username} ({self.peername or self.peerhost})"
+
+
+class PendingKick(models.Model):
+    """A device EMQX must disconnect (disabled, secret rotated, deleted), kept until EMQX's REST
+    API has done it, so that no kick is lost to a failure or a restart (``devices.emqx``)."""
+
+    # EMQX's client id: deviceId&productId
+    client_id = models.CharField(_("EMQX client id"), max_length=255)
+    reason = models.CharField(_("reason"), max_length=32)
+    created_at = models.DateTimeField(_("created"), default=timezone.now)
+    attempts = models.PositiveIntegerField(_("attempts"), default=0)
+    next_attempt_at = models.DateTimeField(_("next attempt"), default=timezone.now, db_index=True)
+    last_error = models.CharField(_("last error"), max_length=255, blank=True)
+
+    class Meta:
+        ordering = ["next_attempt_at", "pk"]
+        verbose_name = _("pending EMQX kick")
+        verbose_name_plural = _("pending EMQX kicks")
+
+    def __str__(self):
+        return f"kick {self.client_id} ({self.reason})"
 
 
 class RegistrationBatch(models.Model):

@@ -270,6 +270,24 @@ MQTT_MAX_CLOCK_SKEW_MS = env_int("PORTAL_MQTT_MAX_CLOCK_SKEW_MS", 0)
 
 BROKER_HOOK_TOKEN = os.environ.get("PORTAL_BROKER_HOOK_TOKEN", "")
 
+# EMQX's REST API, with which the portal disconnects a device at once when it is disabled, its
+# secret rotated or it is deleted (README, "EMQX 5"). Unset: no kicks are sent (the embedded
+# broker disconnects such devices itself).
+EMQX_API_URL = os.environ.get("PORTAL_EMQX_API_URL", "").strip().rstrip("/")
+EMQX_API_KEY = os.environ.get("PORTAL_EMQX_API_KEY", "")
+EMQX_API_SECRET = os.environ.get("PORTAL_EMQX_API_SECRET", "")
+if EMQX_API_URL:
+    if not EMQX_API_URL.startswith(("http://", "https://")):
+        raise ImproperlyConfigured(
+            f"PORTAL_EMQX_API_URL must start with http:// or https://, not {EMQX_API_URL!r}."
+        )
+    if not (EMQX_API_KEY and EMQX_API_SECRET):
+        raise ImproperlyConfigured(
+            "PORTAL_EMQX_API_URL is set: PORTAL_EMQX_API_KEY and PORTAL_EMQX_API_SECRET (an EMQX "
+            "API key and its secret) must be set too."
+        )
+EMQX_API_TIMEOUT = env_int("PORTAL_EMQX_API_TIMEOUT", 5, minimum=1)
+
 # Connection checks ("Test connection"): the bound on each step (connect, CONNACK, PUBACK), and
 # how long finished checks are kept before `python manage.py prunechecks` deletes them.
 CHECK_STEP_TIMEOUT = env_int("PORTAL_CHECK_TIMEOUT", 5, minimum=1)

@@ -58,11 +58,21 @@ def world(settings, product, device, owner, member, staff_without_secrets, outsi
         AccessFailureLog.objects.create(username="alice", ip_address="127.0.0.1"),
         AccessLog.objects.create(username="alice", ip_address="127.0.0.1"),
     ]
+    from devices.models import BrokerSession, PendingKick
+
+    emqx_records = [
+        BrokerSession.objects.create(
+            device=device, username=f"{device.device_id}&{product.product_id}",
+            client_id=device.device_id, peerhost="10.0.0.7",
+        ),
+        PendingKick.objects.create(client_id=f"{device.device_id}&{product.product_id}",
+                                   reason="disabled"),
+    ]
     objects = {
         obj._meta.model: obj
         for obj in [
             product, device, batch, check, token, event, member, Group.objects.create(name="ops"),
-            DBTaskResult.objects.get(), *lockout_records,
+            DBTaskResult.objects.get(), *lockout_records, *emqx_records,
         ]
     }
     users = {"owner": owner, "member": member, "staff_without_secrets": staff_without_secrets,

@@ -7,27 +7,19 @@ sends the request EMQX builds from it (method, path, headers, body template with
 paths drift from what the hooks read, this fails.
 """
 
-import json
-import re
-from pathlib import Path
-from urllib.parse import urlparse
-
 import pytest
-from pyhocon import ConfigFactory
 
 from devices.models import Device, DeviceStatus
 from devices.options import ConnectionOptions
+from tests import emqx_player
+from tests.emqx_player import readme_emqx_config, render
 
-README = Path(__file__).resolve().parent.parent / "README.md"
 TOKEN = "emqx-config-test-token"
-PLACEHOLDER = re.compile(r"\$\{([a-z_.]+)\}")
 
 
 @pytest.fixture(scope="module")
 def emqx():
-    block = re.search(r"```hocon\n(.*?)```", README.read_text(), re.S)
-    assert block, "README.md has no ```hocon block with the EMQX configuration"
-    return ConfigFactory.parse_string(block.group(1), resolve=False)
+    return readme_emqx_config()
 
 
 @pytest.fixture(autouse=True)
@@ -35,37 +27,30 @@ def hook_token(settings):
     settings.BROKER_HOOK_TOKEN = TOKEN
 
 
-def render(template, values):
-    """Fill EMQX placeholders: ``${.}`` is the whole event, ``${name}`` one of its values."""
-    if template == "${.}":
-        return values
-    if isinstance(template, str):
-        return PLACEHOLDER.sub(lambda m: str(values[m.group(1)]).lower()
-                               if isinstance(values[m.group(1)], bool)
-                               else str(values[m.group(1)]), template)
-    return {key: render(value, values) for key, value in template.items()}
-
-
 def send(client, method, url, headers, body):
-    headers = {k.lower(): v.replace("CHANGE-ME", TOKEN) for k, v in headers.items()}
-    assert method == "post"
-    assert headers["content-type"] == "application/json"
-    return client.post(
-        urlparse(url).path,
-        data=json.dumps(body),
-        content_type=headers["content-type"],
-        HTTP_AUTHORIZATION=headers["authorization"],
-    )
+    return emqx_player.send(client, TOKEN, method, url, headers, body)
 
 
 def connect_values(device, securemode):
+    """EMQX's client info for the device's CONNECT with the README's configuration: the client
+    id overridden by the username, the device's own clientId kept as a client attribute."""
     params = device.connection_params(ConnectionOptions(securemode=securemode))
     return {
-        "clientid": params["mqttClientId"],
+        "clientid": params["mqttUsername"],
+        "client_attrs": {"mqtt_clientid": params["mqttClientId"]},
         "username": params["mqttUsername"],
         "password": params["mqttPassword"],
         "peerhost": "192.0.2.10",
     }
+
+
+def authenticate(emqx, client, values, listener="tcp"):
+    authenticator = emqx.get(f"listeners.{listener}.default.authentication")[0]
+    body = render(authenticator["body"], values)
+    response = send(client, authenticator["method"], authenticator["url"],
+                    authenticator["headers"], body)
+    assert response.status_code == 200
+    return response.json()["result"]
 
 
 @pytest.mark.parametrize("listener, securemode", [("tcp", 3), ("ssl", 2)])
@@ -74,22 +59,16 @@ def test_each_listener_authenticates_its_own_securemode(emqx, client, device, se
     settings.MQTT_TLS_PORT = 8883
     authenticator = emqx.get(f"listeners.{listener}.default.authentication")[0]
     assert (authenticator["mechanism"], authenticator["backend"]) == ("password_based", "http")
-
-    def authenticate(mode):
-        body = render(authenticator["body"], connect_values(device, mode))
-        response = send(client, authenticator["method"], authenticator["url"],
-                        authenticator["headers"], body)
-        assert response.status_code == 200
-        return response.json()["result"]
-
-    assert authenticate(securemode) == "allow"
-    assert authenticate(5 - securemode) == "deny"  # the other listener's securemode
+    assert authenticate(emqx, client, connect_values(device, securemode), listener) == "allow"
+    # the other listener's securemode
+    assert authenticate(emqx, client, connect_values(device, 5 - securemode), listener) == "deny"
 
 
 def test_the_authorization_source_allows_the_device_space_only(emqx, client, device):
     source = emqx.get("authorization.sources")[0]
     assert source["type"] == "http"
     identity = connect_values(device, 3)
+    assert authenticate(emqx, client, identity) == "allow"
 
     def authorize(action, topic, qos=1, retain=False):
         values = {**identity, "action": action, "topic": topic, "qos": qos, "retain": retain}
@@ -115,6 +94,7 @@ def test_the_webhook_action_keeps_the_device_status(emqx, client, device):
     url = connector["url"].rstrip("/") + parameters["path"]
     headers = {**connector["headers"], **parameters.get("headers", {})}
     identity = connect_values(device, 3)
+    assert authenticate(emqx, client, identity) == "allow"
 
     # What `SELECT *` gives for the two events (EMQX 5 field names).
     connected = {"event": "client.connected", "clientid": identity["clientid"],
@@ -127,6 +107,7 @@ def test_the_webhook_action_keeps_the_device_status(emqx, client, device):
 
     disconnected = {"event": "client.disconnected", "clientid": identity["clientid"],
                     "username": identity["username"], "reason": "normal",
+                    "peername": "192.0.2.10:50000",
                     "disconnected_at": 1_900_000_005_000, "timestamp": 1_900_000_005_001}
     response = send(client, parameters["method"], url, headers,
                     render(parameters["body"], disconnected))

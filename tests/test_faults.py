@@ -96,8 +96,17 @@ def test_the_broker_hook_answers_503_with_retry_after_while_the_database_is_lock
     client, device, settings, short_lock_timeout
 ):
     settings.BROKER_HOOK_TOKEN = "hook-token"
-    event = {"event": "client.connected", "clientid": "c", "connected_at": 1700000000000,
-             "username": f"{device.device_id}&{device.product.product_id}"}
+    # /mqtt/events counts only connections /mqtt/auth accepted (issue 9): accept one first.
+    params = device.connection_params(ConnectionOptions(securemode=3))
+    accepted = client.post(
+        "/mqtt/auth", content_type="application/json", HTTP_AUTHORIZATION="Bearer hook-token",
+        data=json.dumps({"clientid": params["mqttClientId"], "username": params["mqttUsername"],
+                         "password": params["mqttPassword"], "peerhost": "10.0.0.7"}),
+    )
+    assert accepted.json()["result"] == "allow"
+    event = {"event": "client.connected", "clientid": params["mqttClientId"],
+             "connected_at": 1700000000000, "username": params["mqttUsername"],
+             "peername": "10.0.0.7:51234"}
 
     def send():
         return client.post("/mqtt/events", data=json.dumps(event), content_type="application/json",

@@ -83,6 +83,7 @@ def test_auth_denies_an_unknown_device(client, db):
      ("subscribe", "/a1B2c3D4e5F/sensor-001/+/down", 1)],
 )
 def test_acl_allows_inside_the_devices_space(client, device, action, topic, qos):
+    assert post(client, "/mqtt/auth", auth_body()).json()["result"] == "allow"  # a session
     response = post(client, "/mqtt/acl", acl_body(action=action, topic=topic, qos=qos))
     assert response.status_code == 200
     assert response.json() == {"result": "allow"}
@@ -112,17 +113,27 @@ def test_acl_denies_a_disabled_device(client, device):
 # -- /mqtt/events ---------------------------------------------------------------------------------
 
 
+def connect_event(client, peername, connected_at=None):
+    """What EMQX sends for a CONNECT the portal accepts: /mqtt/auth, then client.connected."""
+    host = peername.rpartition(":")[0]
+    assert post(client, "/mqtt/auth", auth_body(peerhost=host)).json()["result"] == "allow"
+    event = {"event": "client.connected", "clientid": TLS_CLIENT_ID, "username": USERNAME,
+             "peername": peername}
+    if connected_at is not None:
+        event["connected_at"] = connected_at
+    assert post(client, "/mqtt/events", event).status_code == 204
+
+
 def test_events_keep_the_status(client, device):
-    connected = {"event": "client.connected", "clientid": TLS_CLIENT_ID, "username": USERNAME,
-                 "connected_at": 1700000000000, "peername": "10.0.0.7:51234"}
-    assert post(client, "/mqtt/events", connected).status_code == 204
+    connect_event(client, "10.0.0.7:51234", 1700000000000)
     seen = Device.objects.get(pk=device.pk)
     assert seen.status == DeviceStatus.ONLINE and seen.first_activated_at is not None
+    connect_event(client, "10.0.0.8:40000")
     taken_over = {"event": "client.disconnected", "clientid": TLS_CLIENT_ID, "username": USERNAME,
-                  "reason": "takenover"}
+                  "reason": "takenover", "peername": "10.0.0.7:51234"}
     assert post(client, "/mqtt/events", taken_over).status_code == 204
     assert Device.objects.get(pk=device.pk).status == DeviceStatus.ONLINE
-    gone = dict(taken_over, reason="normal")
+    gone = dict(taken_over, reason="normal", peername="10.0.0.8:40000")
     assert post(client, "/mqtt/events", gone).status_code == 204
     assert Device.objects.get(pk=device.pk).status == DeviceStatus.OFFLINE
 
@@ -237,14 +248,16 @@ def test_events_delivered_out_of_order_leave_the_latest_state(client, device):
     the disconnect last. The device is connected, so it must stay online."""
     base = {"clientid": TLS_CLIENT_ID, "username": USERNAME}
     t1, t2, t3 = 1_700_000_000_000, 1_700_000_000_500, 1_700_000_000_900
-    for event in ({"event": "client.connected", "connected_at": t1},
-                  {"event": "client.connected", "connected_at": t3},
-                  {"event": "client.disconnected", "disconnected_at": t2, "reason": "normal"}):
-        assert post(client, "/mqtt/events", {**base, **event}).status_code == 204
+    connect_event(client, "10.0.0.7:50001", t1)
+    connect_event(client, "10.0.0.7:50002", t3)
+    late = {"event": "client.disconnected", "disconnected_at": t2, "reason": "normal",
+            "peername": "10.0.0.7:50001"}
+    assert post(client, "/mqtt/events", {**base, **late}).status_code == 204
     seen = Device.objects.get(pk=device.pk)
     assert seen.status == DeviceStatus.ONLINE
     assert seen.last_online_at.timestamp() * 1000 == t3
-    later = {"event": "client.disconnected", "disconnected_at": t3 + 1, "reason": "normal"}
+    later = {"event": "client.disconnected", "disconnected_at": t3 + 1, "reason": "normal",
+             "peername": "10.0.0.7:50002"}
     assert post(client, "/mqtt/events", {**base, **later}).status_code == 204
     assert Device.objects.get(pk=device.pk).status == DeviceStatus.OFFLINE
 
