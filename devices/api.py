@@ -9,13 +9,14 @@ import json
 from functools import wraps
 
 from django.conf import settings
-from django.http import JsonResponse
+from django.http import HttpResponse, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.utils.translation import gettext as _
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods
 
 from .choices import Permission
+from .kit import build_kit
 from .models import ApiToken, ConnectionCheck, Device
 from .options import QUERY_NAMES, ConnectionOptions, OptionError
 
@@ -78,10 +79,8 @@ def _with_device(view):
     return wrapper
 
 
-@require_GET
-@api_auth
-@_with_device
-def mqtt_params(request, device):
+def _refuse_params_request(request):
+    """The 403 and the unknown-option 400 shared by mqtt-params and the kit, or None."""
     if not request.user.has_perm(Permission.VIEW_SECRET):
         return error_response(
             403,
@@ -99,12 +98,41 @@ def mqtt_params(request, device):
             % {"name": repr(unknown[0]), "names": ", ".join(QUERY_NAMES)},
             unknown[0],
         )
+    return None
+
+
+@require_GET
+@api_auth
+@_with_device
+def mqtt_params(request, device):
+    refusal = _refuse_params_request(request)
+    if refusal is not None:
+        return refusal
     try:
         options = ConnectionOptions.from_query(request.GET)
         params = device.connection_params(options)
     except OptionError as error:
         return error_response(400, error.code, error.message, error.field)
     response = JsonResponse(params)
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@require_GET
+@api_auth
+@_with_device
+def device_kit(request, device):
+    """The connection kit (a zip, devices/kit.py): same permission and options as mqtt-params;
+    audited, since it holds the device secret."""
+    refusal = _refuse_params_request(request)
+    if refusal is not None:
+        return refusal
+    try:
+        kit = build_kit(device, ConnectionOptions.from_query(request.GET), actor=request.user)
+    except OptionError as error:
+        return error_response(400, error.code, error.message, error.field)
+    response = HttpResponse(kit.content, content_type="application/zip")
+    response["Content-Disposition"] = f'attachment; filename="{kit.filename}"'
     response["Cache-Control"] = "no-store"
     return response
 
