@@ -298,3 +298,12 @@ def test_the_ci_script_requires_the_toolchains():
     assert "PORTAL_REQUIRE_TOOLCHAINS=1" in script
     assert "libpaho-mqtt-dev" in script and "libmbedtls-dev" in script
     assert os.path.join(".cache", "portal-kit-node") in script or "PORTAL_KIT_NODE_DIR" in script
+
+
+def test_the_size_check_and_the_kit_button_speak_chinese(owner_client, device, settings):
+    settings.MQTT_TLS_PORT = None
+    page = owner_client.get(
+        "/products/a1B2c3D4e5F/devices/sensor-001/?panel=1", HTTP_ACCEPT_LANGUAGE="zh-hans"
+    ).content.decode()
+    for words in ("CONNECT 报文为", "下载连接套件", "C 语言签名，使用 mbedTLS", "超过 128 字节"):
+        assert words in page, words
