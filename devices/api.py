@@ -352,6 +352,20 @@ def openapi_description(request):
         },
     }
     _describe_checks(description, error)
+    mqtt_params_get = description["paths"]["/api/v1/products/{productId}/devices/{deviceId}/mqtt-params"]["get"]
+    description["paths"]["/api/v1/products/{productId}/devices/{deviceId}/kit"] = {
+        "get": {
+            "operationId": "getConnectionKit",
+            "summary": "The connection kit: params.json, README.md, ca.pem (TLS), signing code and "
+                       "examples (audited: it holds the device secret)",
+            "parameters": mqtt_params_get["parameters"],
+            "responses": {
+                "200": {"description": "A zip", "content": {"application/zip": {
+                    "schema": {"type": "string", "format": "binary"}}}},
+                **{code: mqtt_params_get["responses"][code] for code in ("400", "401", "403", "404")},
+            },
+        }
+    }
     return JsonResponse(description)
 
 

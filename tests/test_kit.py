@@ -307,3 +307,11 @@ def test_the_size_check_and_the_kit_button_speak_chinese(owner_client, device, s
     ).content.decode()
     for words in ("CONNECT 报文为", "下载连接套件", "C 语言签名，使用 mbedTLS", "超过 128 字节"):
         assert words in page, words
+
+
+def test_the_openapi_description_describes_the_kit(client):
+    description = client.get("/api/v1/openapi.json").json()
+    operation = description["paths"]["/api/v1/products/{productId}/devices/{deviceId}/kit"]["get"]
+    assert {p["name"] for p in operation["parameters"]} >= {"securemode", "clientId", "exclusive"}
+    assert set(operation["responses"]) == {"200", "400", "401", "403", "404"}
+    assert "application/zip" in operation["responses"]["200"]["content"]
