@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import threading
+import time
 import zipfile
 
 import pytest
@@ -164,8 +165,13 @@ def _assert_connected_and_published(device, broker, mark, result):
     assert "PUBACK received" in result.stdout
     log = broker.log_since(mark)
     assert "Refused" not in log and "refused" not in log, log
+    # The broker admitted it: it records the device online (on its own thread, so wait a little).
+    deadline = time.monotonic() + 5
     device.refresh_from_db()
-    assert device.last_online_at is not None  # the broker admitted it
+    while device.last_online_at is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        device.refresh_from_db()
+    assert device.last_online_at is not None
 
 
 @pytest.mark.broker
@@ -315,3 +321,27 @@ def test_the_openapi_description_describes_the_kit(client):
     assert {p["name"] for p in operation["parameters"]} >= {"securemode", "clientId", "exclusive"}
     assert set(operation["responses"]) == {"200", "400", "401", "403", "404"}
     assert "application/zip" in operation["responses"]["200"]["content"]
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("example", ["c-paho", "node-mqttjs"])
+def test_the_tls_examples_refuse_a_broker_their_ca_did_not_sign(
+    mqtt_broker, settings, tmp_path, example
+):
+    from devices import tls
+
+    _device_row, kit = _broker_kit(mqtt_broker, settings, 2)
+    root = _extract(kit, tmp_path / "kit")
+    other = tls.ensure_development_certificates(tmp_path / "other-ca")
+    (root / "ca.pem").write_bytes(other.ca_file.read_bytes())
+    folder = root / example
+    if example == "c-paho":
+        command = [str(_make_paho(folder))]
+    else:
+        (folder / "node_modules").symlink_to(toolchains.need_mqtt_js())
+        command = [toolchains.need_node(), "index.js"]
+    result = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "CONNACK 0" not in result.stdout
+    # Paho: "connect failed: -1" (no CONNACK); mqtt.js: "unable to verify the first certificate".
+    assert "connect failed: -1" in result.stderr or "verify" in result.stderr
