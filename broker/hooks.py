@@ -94,6 +94,10 @@ def _text(body, name, required=True):
     if not isinstance(value, str):
         needed = "is required and must be" if required else "must be"
         raise HookInputError(name, f"{name} {needed} a string.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # JSON can carry a lone surrogate (\ud800); no text has one
+        raise HookInputError(name, f"{name} must be valid Unicode text.") from None
     return value
 
 

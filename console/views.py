@@ -15,12 +15,14 @@ from django.db.models import Q
 from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils.http import urlencode
 from django.utils.translation import gettext as _
 from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from devices.choices import DEFAULT_SIGN_METHOD, SIGN_METHODS_OFFERED, Permission, may_rotate_secret
+from devices.device_code import connect_packet_size, size_warnings
 from devices.diagnosis import diagnose
 from devices.models import AuditEvent, Device, DeviceStatus, Product
 from devices.options import QUERY_NAMES, ConnectionOptions, OptionError
@@ -162,8 +164,6 @@ def _panel_context(request, device):
         params = device.connection_params(ConnectionOptions.from_query(request.GET))
     except OptionError as problem:
         error = problem
-    if params is not None and not can_see_secret:
-        params = {key: value for key, value in params.items() if key != "mqttPassword"}
     ca_path = Path(settings.MQTT_CA_FILE)
     default_securemode = "2" if settings.MQTT_TLS_PORT else "3"
     selected = {
@@ -173,7 +173,12 @@ def _panel_context(request, device):
         "clientId": request.GET.get("clientId", ""),
         "exclusive": request.GET.get("exclusive", "").lower() == "true",
     }
+    # The size needs the password's length only (fixed by the sign method): computed first.
+    size_and_kit = _size_and_kit_context(device, params, selected, can_see_secret)
+    if params is not None and not can_see_secret:
+        params = {key: value for key, value in params.items() if key != "mqttPassword"}
     return {
+        **size_and_kit,
         "params": params,
         "option_error": error,
         "selected": selected,
@@ -193,6 +198,26 @@ def _panel_context(request, device):
         "can_see_secret": can_see_secret,
         "sign_methods": SIGN_METHODS_OFFERED,
     }
+
+
+def _size_and_kit_context(device, params, selected, can_see_secret):
+    """The CONNECT's size for these options (with the buffers it exceeds) and, for those who may
+    see secrets, the kit's URL with the same options."""
+    if params is None:
+        return {}
+    size = connect_packet_size(params)
+    context = {"connect_size": size, "size_warnings": size_warnings(size)}
+    if can_see_secret:
+        query = [(key, selected[key]) for key in ("securemode", "signmethod", "timestamp")]
+        if selected["clientId"]:
+            query.append(("clientId", selected["clientId"]))
+        if selected["exclusive"]:
+            query.append(("exclusive", "true"))
+        context["kit_url"] = (
+            reverse("api-device-kit", args=[device.product.product_id, device.device_id])
+            + "?" + urlencode(query)
+        )
+    return context
 
 
 def _device_context(request, device):

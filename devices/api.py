@@ -19,6 +19,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from . import throttle
 from .choices import Permission
+from .kit import build_kit
 from .models import ApiToken, ConnectionCheck, Device
 from .options import QUERY_NAMES, ConnectionOptions, OptionError
 
@@ -115,10 +116,8 @@ def _with_device(view):
     return wrapper
 
 
-@require_GET
-@api_auth
-@_with_device
-def mqtt_params(request, device):
+def _refuse_params_request(request):
+    """The 403 and the query 400s shared by mqtt-params and the kit, or None."""
     if not request.user.has_perm(Permission.VIEW_SECRET):
         return error_response(
             403,
@@ -126,15 +125,41 @@ def mqtt_params(request, device):
             "Connection parameters include a password derived from the device secret; "
             f"this needs the permission {Permission.VIEW_SECRET}.",
         )
-    problem = _query_problem(request.GET)
-    if problem is not None:
-        return problem
+    return _query_problem(request.GET)
+
+
+@require_GET
+@api_auth
+@_with_device
+def mqtt_params(request, device):
+    refusal = _refuse_params_request(request)
+    if refusal is not None:
+        return refusal
     try:
         options = ConnectionOptions.from_query(request.GET)
         params = device.connection_params(options)
     except OptionError as error:
         return error_response(400, error.code, error.message, error.field)
     response = JsonResponse(params)
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@require_GET
+@api_auth
+@_with_device
+def device_kit(request, device):
+    """The connection kit (a zip, devices/kit.py): same permission and options as mqtt-params;
+    audited, since it holds the device secret."""
+    refusal = _refuse_params_request(request)
+    if refusal is not None:
+        return refusal
+    try:
+        kit = build_kit(device, ConnectionOptions.from_query(request.GET), actor=request.user)
+    except OptionError as error:
+        return error_response(400, error.code, error.message, error.field)
+    response = HttpResponse(kit.content, content_type="application/zip")
+    response["Content-Disposition"] = f'attachment; filename="{kit.filename}"'
     response["Cache-Control"] = "no-store"
     return response
 

@@ -480,6 +480,7 @@ class AuditEvent(models.Model):
         REVEAL_SECRET = "reveal_secret", _("Secret revealed")
         EXPORT_CREDENTIALS = "export_credentials", _("Credentials exported")
         ROTATE_SECRET = "rotate_secret", _("Secret rotated")
+        DOWNLOAD_KIT = "download_kit", _("Connection kit downloaded")
 
     action = models.CharField(_("action"), max_length=32, choices=Action.choices)
     actor = models.ForeignKey(

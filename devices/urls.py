@@ -9,6 +9,7 @@ DEVICE = "products/<str:product_id>/devices/<str:device_id>/"
 urlpatterns = [
     path("openapi.json", api.openapi_description, name="api-openapi"),
     path(DEVICE + "mqtt-params", api.mqtt_params, name="api-mqtt-params"),
+    path(DEVICE + "kit", api.device_kit, name="api-device-kit"),
     path(DEVICE + "checks", api.device_checks, name="api-device-checks"),
     path("checks/<int:check_id>", api.check_detail, name="api-check"),
 ]

@@ -276,3 +276,14 @@ def test_a_timestamp_of_thousands_of_digits_is_denied_not_a_500(client, device, 
     response = post(client, "/mqtt/auth", auth_body(clientid=client_id))
     assert response.status_code == 200
     assert response.json()["result"] == "deny"
+
+
+@pytest.mark.parametrize("path", ["/mqtt/auth", "/mqtt/acl", "/mqtt/events"])
+def test_a_lone_surrogate_in_a_text_field_is_a_400_naming_it(client, device, path):
+    # Found by tests/test_fuzz.py: "\ud800" is valid JSON but no text; it reached a query (500).
+    body = {"/mqtt/auth": auth_body(), "/mqtt/acl": acl_body(),
+            "/mqtt/events": {"event": "client.connected", "clientid": "x", "username": USERNAME}}[path]
+    body["clientid"] = "\ud800"
+    response = post(client, path, json.dumps(body))
+    assert response.status_code == 400
+    assert response.json()["error"]["field"] == "clientid"

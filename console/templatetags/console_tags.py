@@ -11,6 +11,8 @@ import shlex
 from django import template
 from django.utils.translation import gettext as _
 
+from devices.device_code import signing_source
+
 register = template.Library()
 
 
@@ -114,6 +116,23 @@ client.loop_forever()
     ]
 
 
+def device_signing_snippets() -> list[dict]:
+    """The signing functions firmware runs at each connect (the kit's ``signing/`` files)."""
+    return [
+        {"id": "sign-mbedtls", "title": _("Signing in C with mbedTLS (ESP-IDF, Arduino-ESP32)"),
+         "text": signing_source("mbedtls")},
+        {"id": "sign-openssl", "title": _("Signing in C with OpenSSL (Linux gateways)"),
+         "text": signing_source("openssl")},
+        {"id": "sign-node", "title": _("Signing in Node.js (crypto.createHmac)"),
+         "text": signing_source("node")},
+        {"id": "sign-micropython", "title": _("Signing in MicroPython (hmac from micropython-lib)"),
+         "text": signing_source("micropython")},
+    ]
+
+
 @register.inclusion_tag("devices/_snippets.html")
 def connection_snippets(params):
-    return {"snippets": build_snippets(params), "tls": params["securemode"] == 2}
+    return {
+        "snippets": build_snippets(params) + device_signing_snippets(),
+        "tls": params["securemode"] == 2,
+    }

@@ -86,7 +86,7 @@ def test_the_console_has_no_serious_violations(page, axe, owner, device):
     page.get_by_text("Show the JSON").click()
     page.get_by_text("Inputs of the signature").click()
     audit("device page, parameters panel open (1280 px)")
-    page.get_by_label("TLS").check()  # this deployment has no TLS listener: an option error
+    page.get_by_role("radio", name="TLS (securemode=2)").check()  # this deployment has no TLS listener: an option error
     expect(page.locator("[data-error-field=securemode]")).to_be_visible()
     audit("parameters panel, securemode error")
     page.get_by_label("Plain TCP").check()
