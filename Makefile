@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 export PORTAL_DATA_DIR ?= $(CURDIR)/data
 
-.PHONY: install run test lint bench
+.PHONY: install run test test-fast lint bench
 
 install: $(STAMP)
 
@@ -23,12 +23,17 @@ run: install
 	PORTAL_DEBUG=$${PORTAL_DEBUG:-1} PORTAL_MQTT_TLS_PORT=$${PORTAL_MQTT_TLS_PORT-8883} $(PY) manage.py setupportal
 	PORTAL_DEBUG=$${PORTAL_DEBUG:-1} PORTAL_MQTT_TLS_PORT=$${PORTAL_MQTT_TLS_PORT-8883} $(PY) manage.py runportal
 
-test: install
-	$(PY) -m ruff check .
+# Style, then the import layers (pyproject.toml's import-linter contracts), then the whole suite.
+test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The quick lane: everything but the tests that start a broker, a worker, a server or a browser.
+test-fast: lint
+	$(PY) -m pytest -m "not broker and not browser" $(PYTEST_ARGS)
 
 lint: install
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports --no-cache --no-logo
 
 # Benchmarks (bench/bench_*.py): prints a table and writes bench/results.json.
 bench: install

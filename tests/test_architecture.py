@@ -1,0 +1,91 @@
+"""The import layers of pyproject.toml's import-linter contracts: they hold on the tree, and each
+one breaks when a wrong import is planted in a copy of the tree (so a contract cannot pass by
+checking nothing)."""
+
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ["portal", "devices", "broker", "console"]
+LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
+LAYERS = "console and broker sit above devices, and neither imports the other"
+PURE_SIGNING = "devices.signing is pure Python: no Django, nothing of the project"
+
+
+def lint_imports(cwd):
+    result = subprocess.run(
+        [str(LINT_IMPORTS), "--no-cache", "--no-logo"],
+        cwd=cwd, capture_output=True, text=True, timeout=60,
+    )
+    return result.returncode, result.stdout + result.stderr
+
+
+@pytest.fixture
+def tree_copy(tmp_path):
+    """The project's packages and pyproject.toml, copied, to plant bad imports in."""
+    for package in PACKAGES:
+        shutil.copytree(ROOT / package, tmp_path / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    return tmp_path
+
+
+def test_the_contracts_say_what_the_architecture_says():
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    contracts = {contract["name"]: contract for contract in config["contracts"]}
+    assert set(config["root_packages"]) == set(PACKAGES)
+    assert contracts[LAYERS]["type"] == "layers"
+    assert contracts[LAYERS]["layers"] == ["console | broker", "devices"]
+    assert contracts[PURE_SIGNING]["type"] == "forbidden"
+    assert contracts[PURE_SIGNING]["source_modules"] == ["devices.signing"]
+    assert set(contracts[PURE_SIGNING]["forbidden_modules"]) == {"django", *PACKAGES}
+
+
+def test_the_tree_keeps_every_contract():
+    code, output = lint_imports(ROOT)
+    assert code == 0, output
+    assert f"{LAYERS} KEPT" in output
+    assert f"{PURE_SIGNING} KEPT" in output
+    assert " 0 broken" in output
+
+
+@pytest.mark.parametrize(
+    ("plants", "broken"),
+    [
+        ({"devices/planted.py": "from console import views"}, LAYERS),
+        ({"devices/planted.py": "from broker import verifier"}, LAYERS),
+        ({"devices/management/commands/planted.py": "import broker.embedded"}, LAYERS),
+        ({"console/planted.py": "from broker import verifier"}, LAYERS),
+        ({"broker/planted.py": "from console import views"}, LAYERS),
+        # An indirect chain counts too: devices -> portal -> console.
+        ({"portal/planted.py": "import console.views", "devices/planted.py": "import portal.planted"},
+         LAYERS),
+        ({"devices/signing.py": "import django.conf"}, PURE_SIGNING),
+        ({"devices/signing.py": "from devices import fields"}, PURE_SIGNING),
+        ({"devices/signing.py": "import portal.settings"}, PURE_SIGNING),
+        ({"devices/signing.py": "import broker"}, PURE_SIGNING),
+    ],
+)
+def test_a_planted_bad_import_breaks_its_contract(tree_copy, plants, broken):
+    for module, line in plants.items():
+        path = tree_copy / module
+        text = path.read_text() if path.exists() else ""
+        path.write_text(text + f"\n{line}  # planted by the test\n")
+    code, output = lint_imports(tree_copy)
+    assert code != 0, output
+    assert f"{broken} BROKEN" in output
+    importer = next(iter(reversed(plants))).replace("/", ".").removesuffix(".py")
+    assert importer in output
+
+
+def test_portal_may_import_any_app(tree_copy):
+    (tree_copy / "portal" / "planted.py").write_text(
+        "import broker.verifier\nimport console.views\nimport devices.models\n"
+    )
+    code, output = lint_imports(tree_copy)
+    assert code == 0, output
