@@ -1,9 +1,15 @@
-"""A real embedded broker (``manage.py runbroker``) on free 127.0.0.1 ports, for tests.
+"""Real processes for tests: the embedded broker (``manage.py runbroker``) and the background
+worker (``manage.py db_worker``) on the test database, plus a real MQTT client.
 
-Use it with ``pytest_plugins = ["tests.broker_fixtures"]`` (or import the fixture) and ask for
-``mqtt_broker``. The broker is one subprocess for the whole session, reading the test database
-file, so the test using it runs with a transactional database (the fixture asks for one: the
-rows a test creates are committed and visible to the broker).
+This is a helper module: the fixtures that run these processes (``mqtt_broker``,
+``_mqtt_broker_process``, ``start_worker``) are in ``tests/conftest.py``; tests import only the
+plain helpers from here (``free_port``, ``BrokerProcess``, ``MqttTestClient``, ``wait_finished``).
+A test using those fixtures is marked ``broker`` by the conftest (so ``make test-fast`` leaves it
+out).
+
+The broker is one subprocess for the whole session, reading the test database file, so the test
+using it runs with a transactional database (the fixture asks for one: the rows a test creates are
+committed and visible to the broker).
 
 Stable attributes: ``host``, ``port`` (TCP, securemode=3), ``tls_port`` (TLS, securemode=2),
 ``ca_file`` (the development CA, made by ``devices.tls``); methods ``restart(kill=False)``,
@@ -131,40 +137,80 @@ class BrokerProcess:
             time.sleep(0.05)
 
 
-@pytest.fixture(scope="session")
-def _mqtt_broker_process(django_db_setup, django_db_blocker):
-    from django.conf import settings
+DB_TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
+
+
+class WorkerProcess:
+    """``manage.py db_worker`` as a subprocess on the test database, with its own log."""
+
+    def __init__(self, env):
+        self.log_path = Path(tempfile.mkdtemp(prefix="worker-log-")) / "worker.log"
+        log = open(self.log_path, "ab")  # noqa: SIM115 (the child owns it)
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "manage.py"), "db_worker", "--interval", "0.05",
+             "--no-startup-delay", "--no-reload"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + 20
+        while "Starting worker" not in self.log():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"db_worker did not start:\n{self.log()[-3000:]}")
+            time.sleep(0.05)
+
+    @property
+    def pid(self):
+        return self.process.pid
+
+    def log(self):
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, kill=False):
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def worker_env(broker=None, **overrides):
     from django.db import connection
 
-    from devices import tls
-
-    if connection.vendor != "sqlite":
-        pytest.skip("the broker fixture shares the test database as a SQLite file")
-    files = tls.ensure_development_certificates(Path(settings.DATA_DIR) / "tls")
-    log_dir = Path(tempfile.mkdtemp(prefix="broker-log-"))
-    broker = BrokerProcess(
-        host="127.0.0.1",
-        port=free_port(),
-        tls_port=free_port(),
-        ca_file=str(files.ca_file),
-        certfile=str(files.certfile),
-        keyfile=str(files.keyfile),
-        database_name=connection.settings_dict["NAME"],
-        log_path=log_dir / "broker.log",
+    env = os.environ.copy()
+    env.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
+            "PORTAL_TEST_TASKS_BACKEND": "db",
+            "PORTAL_CHECK_TIMEOUT": "2",
+            "PYTHONUNBUFFERED": "1",
+        }
     )
-    broker.start()
-    yield broker
-    broker.stop()
+    if broker is not None:
+        env.update(
+            {
+                "PORTAL_MQTT_HOST": broker.host,
+                "PORTAL_MQTT_PORT": str(broker.port),
+                "PORTAL_MQTT_TLS_PORT": str(broker.tls_port),
+                "PORTAL_MQTT_CA_FILE": broker.ca_file,
+            }
+        )
+    env.update({key: str(value) for key, value in overrides.items()})
+    return env
 
 
-@pytest.fixture
-def mqtt_broker(_mqtt_broker_process, transactional_db):
-    """The running broker (restarted first if an earlier test left it stopped)."""
-    if not _mqtt_broker_process.running:
-        _mqtt_broker_process.start()
-    yield _mqtt_broker_process
-    if not _mqtt_broker_process.running:
-        _mqtt_broker_process.start()
+def wait_finished(check, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        check.refresh_from_db()
+        if check.is_finished:
+            return check
+        if time.monotonic() > deadline:
+            pytest.fail(f"check {check.pk} still {check.status} after {timeout}s")
+        time.sleep(0.05)
 
 
 class MqttTestClient:

@@ -1,16 +1,39 @@
-"""Shared fixtures: an owner (may see secrets), a member (may not), staff without secrets, an
-outsider (no permissions), a product and a device."""
+"""Every shared fixture, and the two test lanes.
+
+People: ``owner`` (alice, may see secrets), ``member`` (bob, sees devices, not secrets),
+``staff_without_secrets`` (carol), ``outsider`` (dave, no permission at all).
+Registry: ``product`` and ``device``; ``doc_device``, the spec's worked example (pk / device /
+secret, the one the signing vectors use).
+Real processes: ``mqtt_broker`` (the embedded broker, one per session), ``start_worker`` (db_worker
+subprocesses), ``silent_server`` (a TCP server that never answers).
+
+Lanes: a test that uses a broker, a worker, a live server or a browser (directly or through
+another fixture) is marked ``broker`` / ``browser`` here, by the fixtures it uses; a module that
+starts such a process by itself says ``pytestmark = pytest.mark.broker``, and a test that starts one
+without the mark fails (``guard_lanes``). ``make test-fast`` runs ``-m "not broker and not browser"``.
+"""
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
-# Rewrite the asserts of the shared broker helpers (imported by several test modules); this must
+# Rewrite the asserts of the shared helpers (imported by several test modules); this must
 # happen before anything imports them, so here rather than in a test module.
-pytest.register_assert_rewrite("tests.broker_fixtures")
+pytest.register_assert_rewrite("tests.broker_fixtures", "tests.fake_servers")
 
 from django.contrib.auth.models import Permission  # noqa: E402
+
+from tests.broker_fixtures import (  # noqa: E402
+    DB_TASKS,
+    BrokerProcess,
+    WorkerProcess,
+    free_port,
+    worker_env,
+)
+from tests.fake_servers import SilentServer  # noqa: E402
+from tests.lanes import lanes_of, server_program  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 
@@ -70,7 +93,7 @@ def staff_without_secrets(django_user_model):
 
 @pytest.fixture
 def outsider(django_user_model):
-    """Logged-in user with no permissions at all."""
+    """Logged-in user with no permission at all."""
     return django_user_model.objects.create_user("dave", password="dave-password")
 
 
@@ -91,3 +114,112 @@ def device(product):
         name="Lab sensor",
         device_secret="Xk9fPq2LmN7rT4vW8yZ1aB3cD5eF6gH0",
     )
+
+
+@pytest.fixture
+def doc_device(db):
+    """The spec's worked example: product pk, device device, secret secret."""
+    from devices.models import Device, Product
+
+    product = Product.objects.create(product_id="pk", name="Document example")
+    return Device.objects.create(product=product, device_id="device", device_secret="secret")
+
+
+# --- real processes (tests/broker_fixtures.py) -------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def _mqtt_broker_process(django_db_setup, django_db_blocker):
+    import tempfile
+
+    from django.conf import settings
+    from django.db import connection
+
+    from devices import tls
+
+    if connection.vendor != "sqlite":
+        pytest.skip("the broker fixture shares the test database as a SQLite file")
+    files = tls.ensure_development_certificates(Path(settings.DATA_DIR) / "tls")
+    log_dir = Path(tempfile.mkdtemp(prefix="broker-log-"))
+    broker = BrokerProcess(
+        host="127.0.0.1",
+        port=free_port(),
+        tls_port=free_port(),
+        ca_file=str(files.ca_file),
+        certfile=str(files.certfile),
+        keyfile=str(files.keyfile),
+        database_name=connection.settings_dict["NAME"],
+        log_path=log_dir / "broker.log",
+    )
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def mqtt_broker(_mqtt_broker_process, transactional_db):
+    """The running broker (restarted first if an earlier test left it stopped)."""
+    if not _mqtt_broker_process.running:
+        _mqtt_broker_process.start()
+    yield _mqtt_broker_process
+    if not _mqtt_broker_process.running:
+        _mqtt_broker_process.start()
+
+
+@pytest.fixture
+def start_worker(settings):
+    """Start db_worker processes (stopped after the test); the test process enqueues to the
+    database too."""
+    settings.TASKS = DB_TASKS
+    workers = []
+
+    def start(broker=None, **overrides):
+        if broker is not None:
+            settings.MQTT_HOST, settings.MQTT_PORT = broker.host, broker.port
+            settings.MQTT_TLS_PORT, settings.MQTT_CA_FILE = broker.tls_port, broker.ca_file
+        worker = WorkerProcess(worker_env(broker, **overrides))
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
+@pytest.fixture
+def silent_server():
+    """A TCP server on 127.0.0.1 that accepts and never answers (a thread of this process)."""
+    server = SilentServer()
+    yield server
+    server.close()
+
+
+# --- the lanes ---------------------------------------------------------------------------------
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by mark
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for lane in lanes_of(item):
+            if item.get_closest_marker(lane) is None:
+                item.add_marker(getattr(pytest.mark, lane))
+
+
+@pytest.fixture(autouse=True)
+def guard_lanes(request, monkeypatch):
+    """A test outside the broker lane that starts a broker, a worker or a server fails, naming
+    the mark it needs (so the quick lane stays quick and needs no services)."""
+    if request.node.get_closest_marker("broker") or request.node.get_closest_marker("browser"):
+        yield
+        return
+    original = subprocess.Popen.__init__
+
+    def guarded(self, args, *more, **kwargs):
+        started = server_program(args)
+        if started:
+            pytest.fail(f"{request.node.nodeid} starts {started}: mark it "
+                        "@pytest.mark.broker (or pytestmark = pytest.mark.broker in its module)",
+                        pytrace=False)
+        original(self, args, *more, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", guarded)
+    yield

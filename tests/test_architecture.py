@@ -7,8 +7,11 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+
+from tests.lanes import lanes_of
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ["portal", "devices", "broker", "console"]
@@ -89,3 +92,47 @@ def test_portal_may_import_any_app(tree_copy):
     )
     code, output = lint_imports(tree_copy)
     assert code == 0, output
+
+
+# --- the test lanes (tests/conftest.py) --------------------------------------------------------
+
+
+def test_every_selected_test_that_uses_a_broker_worker_server_or_browser_carries_its_mark(request):
+    unmarked = [
+        f"{item.nodeid} (needs {lane})"
+        for item in request.session.items
+        for lane in lanes_of(item)
+        if item.get_closest_marker(lane) is None
+    ]
+    assert unmarked == []
+    # And `-m "not broker and not browser"` (make test-fast) really leaves them all out.
+    excluded = {lane for lane in ("broker", "browser")
+                if f"not {lane}" in (request.config.getoption("markexpr") or "")}
+    selected = [item.nodeid for item in request.session.items if lanes_of(item) & excluded]
+    assert selected == []
+
+
+@pytest.mark.parametrize(
+    ("fixtures", "lanes"),
+    [
+        (["mqtt_broker", "_mqtt_broker_process", "transactional_db"], {"broker"}),
+        (["caching_broker", "_mqtt_broker_process"], {"broker"}),
+        (["start_worker", "settings"], {"broker"}),
+        (["live_server", "transactional_db"], {"broker"}),
+        (["page", "context", "browser", "live_server"], {"browser"}),
+        (["page", "context", "browser", "live_server", "start_worker"], {"browser", "broker"}),
+        (["client", "owner", "db"], set()),
+    ],
+)
+def test_the_lanes_follow_the_fixtures_a_test_uses(fixtures, lanes):
+    assert lanes_of(SimpleNamespace(fixturenames=fixtures)) == lanes
+
+
+def test_a_test_outside_the_broker_lane_cannot_start_a_broker_or_a_worker():
+    for command in (
+        [sys.executable, str(ROOT / "manage.py"), "runbroker", "--port", "1"],
+        [sys.executable, "manage.py", "db_worker"],
+        f"{sys.executable} manage.py runportal",
+    ):
+        with pytest.raises(pytest.fail.Exception, match="mark it @pytest.mark.broker"):
+            subprocess.Popen(command, cwd=ROOT)

@@ -9,9 +9,7 @@ import pytest
 from bench.harness import connect_packet
 from devices import signing
 from devices.models import Device, DeviceStatus, Product
-from tests.broker_fixtures import MqttTestClient
-
-pytest_plugins = ["tests.broker_fixtures"]
+from tests.broker_fixtures import MqttTestClient, free_port
 
 SECRET = "Xk9fPq2LmN7rT4vW8yZ1aB3cD5eF6gH0"
 # paho 2.x reports a MQTT 3.1.1 CONNACK code as its MQTT 5 reason code: 0x01 → 0x84,
@@ -418,8 +416,6 @@ def test_a_silent_client_is_dropped_after_one_and_a_half_keepalives(mqtt_broker)
 def cached_broker(_mqtt_broker_process, transactional_db, tmp_path):
     """A second broker with the production cache (1 s) instead of the fixture's 0."""
     import dataclasses
-
-    from tests.broker_fixtures import free_port
 
     broker = dataclasses.replace(
         _mqtt_broker_process, port=free_port(), tls_port=free_port(), process=None,

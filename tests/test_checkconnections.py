@@ -1,4 +1,3 @@
-# ruff: noqa: F811 (fixtures imported from other test modules are used as arguments)
 """``manage.py checkconnections`` and ``manage.py prunechecks``, with a real broker and worker."""
 
 import io
@@ -8,8 +7,6 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from devices.models import CheckStatus, ConnectionCheck, Device, DeviceStatus, Product
-from tests.broker_fixtures import _mqtt_broker_process, mqtt_broker  # noqa: F401
-from tests.test_tasks import start_worker  # noqa: F401
 
 
 class FakeTerminal(io.StringIO):

@@ -1,4 +1,3 @@
-# ruff: noqa: F811 (fixtures imported from other test modules are used as arguments)
 """The admin's "Test connection" actions, through HTTP, with a real broker and worker."""
 
 import re
@@ -8,8 +7,7 @@ from django.contrib.auth.models import Permission
 
 from devices.connection_check import Outcome
 from devices.models import ConnectionCheck, Device, DeviceStatus
-from tests.broker_fixtures import _mqtt_broker_process, mqtt_broker  # noqa: F401
-from tests.test_tasks import start_worker, wait_finished  # noqa: F401
+from tests.broker_fixtures import wait_finished
 
 CHANGELIST_URL = "/admin/devices/device/"
 

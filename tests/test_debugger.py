@@ -6,13 +6,6 @@ from devices import diagnosis as debugger
 from devices.models import Device, Product
 
 
-@pytest.fixture
-def doc_device(db):
-    """The device of the spec's worked example: pk / device / secret."""
-    product = Product.objects.create(product_id="pk", name="Example")
-    return Device.objects.create(product=product, device_id="device", device_secret="secret")
-
-
 def vector(vectors, name):
     return next(v for v in vectors["verify"] if v["name"] == name)
 

@@ -17,6 +17,8 @@ import pytest
 
 from tests.broker_fixtures import ROOT, free_port
 
+pytestmark = pytest.mark.broker  # a PostgreSQL server and manage.py subprocesses
+
 INITDB = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
 
 

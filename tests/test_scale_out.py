@@ -15,7 +15,9 @@ import pytest
 from django.db import connection
 
 from devices.models import CheckStatus, ConnectionCheck
-from tests.broker_fixtures import ROOT, _mqtt_broker_process, free_port, mqtt_broker  # noqa: F401
+from tests.broker_fixtures import ROOT, free_port
+
+pytestmark = pytest.mark.broker  # redis-server, a broker and an rqworker
 
 REDIS = shutil.which("redis-server")
 
@@ -73,7 +75,7 @@ def manage(env, *args, timeout=60):
     return result.stdout
 
 
-def test_a_check_runs_on_redis_with_an_rq_worker(mqtt_broker, redis_url, device):  # noqa: F811
+def test_a_check_runs_on_redis_with_an_rq_worker(mqtt_broker, redis_url, device):
     env = scaled_out_env(redis_url, mqtt_broker)
     enqueue = (
         "from devices.models import Device; from devices.tasks import request_check; "
@@ -96,7 +98,7 @@ def test_a_check_runs_on_redis_with_an_rq_worker(mqtt_broker, redis_url, device)
 
 
 def test_a_queue_that_is_down_fails_the_check_instead_of_leaving_it_queued(
-    mqtt_broker, device  # noqa: F811
+    mqtt_broker, device
 ):
     # Redis on a port nothing listens on: enqueueing fails for real.
     env = scaled_out_env(f"redis://127.0.0.1:{free_port()}/0", mqtt_broker)

@@ -1,17 +1,12 @@
-# ruff: noqa: F811 (fixtures imported from other test modules are used as arguments)
 """Checks end to end: a real broker (``mqtt_broker``), a real ``manage.py db_worker`` process,
 and each outcome produced by a real fault.
 
-``start_worker`` and ``wait_finished`` are used by the other check tests too.
+(``start_worker`` and ``mqtt_broker`` are in tests/conftest.py.)
 """
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -27,111 +22,8 @@ from devices.connection_check import Outcome
 from devices.models import CheckStatus, ConnectionCheck, Device, DeviceStatus, process_scope
 from devices.options import ConnectionOptions
 from devices.tasks import DeviceOnlineError, request_check
-from tests.broker_fixtures import (  # noqa: F401
-    BrokerProcess,
-    _mqtt_broker_process,
-    free_port,
-    mqtt_broker,
-)
-from tests.test_checks import (  # noqa: F401
-    make_ca,
-    silent_server,
-    write_ca,
-)
-
-ROOT = Path(__file__).resolve().parent.parent
-DB_TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
-
-
-class WorkerProcess:
-    """``manage.py db_worker`` as a subprocess on the test database, with its own log."""
-
-    def __init__(self, env):
-        self.log_path = Path(tempfile.mkdtemp(prefix="worker-log-")) / "worker.log"
-        log = open(self.log_path, "ab")  # noqa: SIM115 (the child owns it)
-        self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "manage.py"), "db_worker", "--interval", "0.05",
-             "--no-startup-delay", "--no-reload"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
-        log.close()
-        deadline = time.monotonic() + 20
-        while "Starting worker" not in self.log():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"db_worker did not start:\n{self.log()[-3000:]}")
-            time.sleep(0.05)
-
-    @property
-    def pid(self):
-        return self.process.pid
-
-    def log(self):
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def stop(self, kill=False):
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-def worker_env(broker=None, **overrides):
-    env = os.environ.copy()
-    env.update(
-        {
-            "DJANGO_SETTINGS_MODULE": "tests.settings",
-            "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
-            "PORTAL_TEST_TASKS_BACKEND": "db",
-            "PORTAL_CHECK_TIMEOUT": "2",
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    if broker is not None:
-        env.update(
-            {
-                "PORTAL_MQTT_HOST": broker.host,
-                "PORTAL_MQTT_PORT": str(broker.port),
-                "PORTAL_MQTT_TLS_PORT": str(broker.tls_port),
-                "PORTAL_MQTT_CA_FILE": broker.ca_file,
-            }
-        )
-    env.update({key: str(value) for key, value in overrides.items()})
-    return env
-
-
-@pytest.fixture
-def start_worker(settings):
-    """Start db_worker processes (stopped after the test); the test process enqueues to the
-    database too."""
-    settings.TASKS = DB_TASKS
-    workers = []
-
-    def start(broker=None, **overrides):
-        if broker is not None:
-            settings.MQTT_HOST, settings.MQTT_PORT = broker.host, broker.port
-            settings.MQTT_TLS_PORT, settings.MQTT_CA_FILE = broker.tls_port, broker.ca_file
-        worker = WorkerProcess(worker_env(broker, **overrides))
-        workers.append(worker)
-        return worker
-
-    yield start
-    for worker in workers:
-        worker.stop()
-
-
-def wait_finished(check, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        check.refresh_from_db()
-        if check.is_finished:
-            return check
-        if time.monotonic() > deadline:
-            pytest.fail(f"check {check.pk} still {check.status} after {timeout}s")
-        time.sleep(0.05)
+from tests.broker_fixtures import BrokerProcess, free_port, wait_finished
+from tests.fake_servers import make_ca, write_ca
 
 
 def wait_status(check, status, timeout=15.0):
@@ -208,7 +100,7 @@ def test_mqtt_5_against_the_3_1_1_broker_is_protocol_version_not_supported(
 
 
 @pytest.fixture
-def caching_broker(_mqtt_broker_process, transactional_db):  # noqa: F811
+def caching_broker(_mqtt_broker_process, transactional_db):
     """A second broker that remembers a device's secret for 1.5 s (the spec allows 2 s)."""
     shared = _mqtt_broker_process
     broker = BrokerProcess(
@@ -271,7 +163,7 @@ def test_without_a_ca_file_the_check_trusts_the_system_store(
 
 
 def test_a_broker_that_never_answers_gives_no_connack(
-    mqtt_broker, start_worker, device, silent_server  # noqa: F811
+    mqtt_broker, start_worker, device, silent_server
 ):
     start_worker(mqtt_broker, PORTAL_MQTT_PORT=silent_server.port, PORTAL_MQTT_TLS_PORT="",
                  PORTAL_CHECK_TIMEOUT=1)
@@ -375,7 +267,7 @@ def test_checks_one_right_after_another_are_not_taken_for_an_online_device(
 
 
 def test_a_killed_worker_leaves_no_check_running(
-    mqtt_broker, start_worker, device, silent_server, client, owner  # noqa: F811
+    mqtt_broker, start_worker, device, silent_server, client, owner
 ):
     hanging = start_worker(mqtt_broker, PORTAL_MQTT_PORT=silent_server.port,
                            PORTAL_MQTT_TLS_PORT="", PORTAL_CHECK_TIMEOUT=60)
@@ -396,7 +288,7 @@ def test_a_killed_worker_leaves_no_check_running(
 
 
 def test_a_new_worker_finishes_off_a_check_its_dead_predecessor_left_running(
-    mqtt_broker, start_worker, device, silent_server  # noqa: F811
+    mqtt_broker, start_worker, device, silent_server
 ):
     hanging = start_worker(mqtt_broker, PORTAL_MQTT_PORT=silent_server.port,
                            PORTAL_MQTT_TLS_PORT="", PORTAL_CHECK_TIMEOUT=60)
@@ -411,7 +303,7 @@ def test_a_new_worker_finishes_off_a_check_its_dead_predecessor_left_running(
 
 
 def test_two_checks_of_one_device_run_one_after_the_other(
-    mqtt_broker, start_worker, device, silent_server  # noqa: F811
+    mqtt_broker, start_worker, device, silent_server
 ):
     for _ in range(2):
         start_worker(mqtt_broker, PORTAL_MQTT_PORT=silent_server.port, PORTAL_MQTT_TLS_PORT="",

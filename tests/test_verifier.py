@@ -18,13 +18,6 @@ def fresh_cache():
     verifier.registry_cache.clear()
 
 
-@pytest.fixture
-def doc_device(db):
-    """The spec's worked example: product pk, device device, secret secret."""
-    product = Product.objects.create(product_id="pk", name="Document example")
-    return Device.objects.create(product=product, device_id="device", device_secret="secret")
-
-
 def test_every_verify_vector(db, vectors):
     for vector in vectors["verify"]:
         product, _ = Product.objects.get_or_create(product_id=vector["productId"], defaults={"name": "p"})

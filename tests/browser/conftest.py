@@ -1,6 +1,7 @@
 """Playwright (sync API) driving Debian's Chromium against pytest-django's live server.
 
-One browser per session; a fresh context (cookies, clipboard permission) per test. Without
+One browser per session; a fresh context (cookies, clipboard permission) per test. The helpers
+(``log_in``, ``screenshot``) are in tests/browser/pages.py. Without
 /usr/bin/chromium the tests skip and say how to enable them, unless PORTAL_REQUIRE_BROWSER=1
 (set by .ci/run), where a missing browser is a failure.
 """
@@ -64,19 +65,3 @@ def context(browser, live_server, transactional_db):
 @pytest.fixture
 def page(context):
     return context.new_page()
-
-
-def log_in(page, username, password):
-    page.goto("/accounts/login/")
-    page.get_by_label("Username").fill(username)
-    page.get_by_label("Password").fill(password)
-    page.get_by_role("button", name="Log in").click()
-    page.wait_for_url(lambda url: "/accounts/login/" not in url)
-
-
-def screenshot(page, name):
-    """Screenshots for a person to look at, when PORTAL_SCREENSHOT_DIR is set."""
-    folder = os.environ.get("PORTAL_SCREENSHOT_DIR")
-    if folder:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)

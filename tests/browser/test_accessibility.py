@@ -10,7 +10,7 @@ import pytest
 from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import expect
 
-from .conftest import log_in
+from tests.browser.pages import log_in
 
 pytestmark = pytest.mark.browser
 

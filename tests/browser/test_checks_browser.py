@@ -1,15 +1,15 @@
-# ruff: noqa: F811 (fixtures imported from other test modules are used as arguments)
 """Pressing "Test connection" in a real browser, with a real broker and a real db_worker."""
 
 import re
 import time
 
+import pytest
 from playwright.sync_api import expect
 
 from devices.models import DeviceStatus
-from tests.broker_fixtures import _mqtt_broker_process, mqtt_broker  # noqa: F401
-from tests.browser.conftest import log_in, screenshot
-from tests.test_tasks import start_worker  # noqa: F401
+from tests.browser.pages import log_in, screenshot
+
+pytestmark = [pytest.mark.browser, pytest.mark.broker]
 
 PAGE = "/products/a1B2c3D4e5F/devices/sensor-001/"
 

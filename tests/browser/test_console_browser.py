@@ -9,8 +9,7 @@ from playwright.sync_api import expect
 
 from devices import signing
 from devices.models import Device, Product
-
-from .conftest import log_in, screenshot
+from tests.browser.pages import log_in, screenshot
 
 pytestmark = pytest.mark.browser
 
