@@ -129,10 +129,8 @@ def test_a_member_without_the_secret_permission_is_a_403(client, member, device)
     assert client.get("/api/v1/products/nope/devices/x/mqtt-params").status_code == 404
 
 
-def test_an_account_without_the_view_permission_finds_no_device(client, django_user_model,
-                                                                device):
-    stranger = django_user_model.objects.create_user("eve", password="eve-password")
-    client.force_login(stranger)
+def test_an_account_without_the_view_permission_finds_no_device(client, outsider, device):
+    client.force_login(outsider)
     response = client.get(URL)
     assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
 

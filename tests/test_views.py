@@ -61,10 +61,8 @@ def test_anonymous_posts_change_nothing(client, device):
     "url", ["/products/", "/products/a1B2c3D4e5F/", "/devices/", DEVICE_URL,
             DEVICE_URL + "?panel=1", DEVICE_URL + "debugger/", DEVICE_URL + "rotate/"],
 )
-def test_an_account_without_the_view_permission_sees_no_device(client, django_user_model,
-                                                               device, url):
-    stranger = django_user_model.objects.create_user("eve", password="eve-password")
-    client.force_login(stranger)
+def test_an_account_without_the_view_permission_sees_no_device(client, outsider, device, url):
+    client.force_login(outsider)
     response = client.get(url)
     body = html.unescape(response.content.decode())
     assert response.status_code == 403
