@@ -10,8 +10,6 @@ import pytest
 from devices import diagnosis, signing
 from tests.broker_fixtures import MqttTestClient
 
-pytest_plugins = ["tests.broker_fixtures"]
-
 URL = "/api/v1/products/a1B2c3D4e5F/devices/sensor-001/mqtt-params"
 SECRET = "Xk9fPq2LmN7rT4vW8yZ1aB3cD5eF6gH0"  # the conftest device's secret
 TOKEN = "hook-token-for-tests"
@@ -88,14 +86,6 @@ def test_the_embedded_broker_refuses_it_with_identifier_rejected(mqtt_broker, ch
     finally:
         for client in opened:
             client.close()
-
-
-@pytest.fixture
-def doc_device(db):
-    from devices.models import Device, Product
-
-    product = Product.objects.create(product_id="pk", name="Example")
-    return Device.objects.create(product=product, device_id="device", device_secret="secret")
 
 
 @pytest.mark.parametrize("language, words", [("en", "format characters"), ("zh-hans", "格式字符")])

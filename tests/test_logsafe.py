@@ -19,8 +19,6 @@ from devices import logsafe, signing
 from devices.logsafe import shown
 from tests.broker_fixtures import MqttTestClient
 
-pytest_plugins = ["tests.broker_fixtures"]
-
 FORGED = "1999-01-01 00:00:00,000 WARNING broker.hooks: FORGED"
 HOSTILE = f"dev\n{FORGED}\x1b[31m\u202e\u200b\ufeff\r"
 TOKEN = "hook-token-for-tests"
