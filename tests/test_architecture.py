@@ -1,6 +1,6 @@
 """The import layers of pyproject.toml's import-linter contracts: they hold on the tree, and each
 one breaks when a wrong import is planted in a copy of the tree (so a contract cannot pass by
-checking nothing)."""
+checking nothing). Then the test lanes of tests/conftest.py."""
 
 import shutil
 import subprocess
@@ -49,6 +49,7 @@ def test_the_contracts_say_what_the_architecture_says():
     assert set(contracts[PURE_SIGNING]["forbidden_modules"]) == {"django", *PACKAGES}
 
 
+@pytest.mark.broker  # lint-imports in a fresh interpreter: out of the quick lane
 def test_the_tree_keeps_every_contract():
     code, output = lint_imports(ROOT)
     assert code == 0, output
@@ -57,6 +58,7 @@ def test_the_tree_keeps_every_contract():
     assert " 0 broken" in output
 
 
+@pytest.mark.broker  # lint-imports in a fresh interpreter: out of the quick lane
 @pytest.mark.parametrize(
     ("plants", "broken"),
     [
@@ -86,6 +88,7 @@ def test_a_planted_bad_import_breaks_its_contract(tree_copy, plants, broken):
     assert importer in output
 
 
+@pytest.mark.broker  # lint-imports in a fresh interpreter: out of the quick lane
 def test_portal_may_import_any_app(tree_copy):
     (tree_copy / "portal" / "planted.py").write_text(
         "import broker.verifier\nimport console.views\nimport devices.models\n"

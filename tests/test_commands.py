@@ -31,6 +31,7 @@ def decrypt_with(key, stored):
 # -- createapitoken --------------------------------------------------------------------------------
 
 
+@pytest.mark.broker  # a fresh interpreter: out of the quick lane
 @pytest.mark.django_db(transaction=True)
 def test_createapitoken_prints_the_token_alone_on_the_last_line_and_it_works(owner, device, client):
     """Run as a script would (a real process, `tail -n 1`), then use the token on the API."""

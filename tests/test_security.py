@@ -52,6 +52,7 @@ def test_deeply_nested_check_body_is_a_400_not_a_500(owner_client, device):
     assert "JSON object" in response.json()["error"]["message"]
 
 
+@pytest.mark.broker  # a fresh interpreter: out of the quick lane
 def test_development_keys_are_never_readable_by_others(tmp_path):
     """The development keys are created 0600 from the start: written first and chmod-ed after,
     they were readable by everyone (umask 022) until the chmod, and stayed so when it failed."""
@@ -95,12 +96,14 @@ def _production_settings(tmp_path, **env):
     return result.returncode, result.stdout.strip() + result.stderr
 
 
+@pytest.mark.broker  # a fresh interpreter: out of the quick lane
 def test_production_defaults_secure_cookies_no_framing_and_no_hsts_unless_asked(tmp_path):
     code, output = _production_settings(tmp_path)
     assert code == 0, output
     assert output == "True True 0 None DENY"
 
 
+@pytest.mark.broker  # a fresh interpreter: out of the quick lane
 def test_hsts_and_the_https_proxy_header_are_opt_in(tmp_path):
     code, output = _production_settings(
         tmp_path, PORTAL_HSTS_SECONDS="31536000", PORTAL_BEHIND_HTTPS_PROXY="1"

@@ -10,6 +10,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 GOOD_FERNET = "eBZPVP7ZnR1VCEs5LzF8vNg1lYzCXUbx8dP8r0xK0Hc="
 
+pytestmark = pytest.mark.broker  # each test starts a fresh interpreter: out of the quick lane
+
 
 def load_settings(tmp_path, **env):
     """Import portal.settings in a fresh interpreter; (exit code, output)."""

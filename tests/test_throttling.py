@@ -309,6 +309,7 @@ def test_the_reset_table_keeps_no_mail_address(client, db, with_mail):
 KEYS = {"PORTAL_SECRET_KEY": "x" * 50, "PORTAL_SECRETS_KEY": GOOD_FERNET}
 
 
+@pytest.mark.broker  # a fresh interpreter: out of the quick lane
 @pytest.mark.parametrize(("name", "value", "words"), [
     ("PORTAL_LOGIN_FAILURE_LIMIT", "ten", "PORTAL_LOGIN_FAILURE_LIMIT must be a whole number"),
     ("PORTAL_LOGIN_FAILURE_LIMIT", "0", "PORTAL_LOGIN_FAILURE_LIMIT must be at least 1"),
@@ -322,11 +323,13 @@ def test_a_bad_throttle_setting_is_named(tmp_path, name, value, words):
     assert code != 0 and words in output
 
 
+@pytest.mark.broker  # a fresh interpreter: out of the quick lane
 def test_a_mail_host_without_a_sender_is_refused(tmp_path):
     code, output = load_settings(tmp_path, **KEYS, PORTAL_EMAIL_HOST="smtp.example.com")
     assert code != 0 and "PORTAL_EMAIL_FROM must be the sender address" in output
 
 
+@pytest.mark.broker  # a fresh interpreter: out of the quick lane
 def test_a_mail_host_with_a_sender_starts(tmp_path):
     code, output = load_settings(tmp_path, **KEYS, PORTAL_EMAIL_HOST="smtp.example.com",
                                  PORTAL_EMAIL_FROM="portal@example.com")
