@@ -3,7 +3,8 @@ worker (``manage.py db_worker``) on the test database, plus a real MQTT client.
 
 This is a helper module: the fixtures that run these processes (``mqtt_broker``,
 ``_mqtt_broker_process``, ``start_worker``) are in ``tests/conftest.py``; tests import only the
-plain helpers from here (``free_port``, ``BrokerProcess``, ``MqttTestClient``, ``wait_finished``).
+plain helpers from here (``free_port``, ``BrokerProcess``, ``MqttTestClient``, ``RunWorker``,
+``worker_env``, ``wait_finished``, ``wait_status``).
 A test using those fixtures is marked ``broker`` by the conftest (so ``make test-fast`` leaves it
 out).
 
@@ -210,6 +211,48 @@ def wait_finished(check, timeout=20.0):
             return check
         if time.monotonic() > deadline:
             pytest.fail(f"check {check.pk} still {check.status} after {timeout}s")
+        time.sleep(0.05)
+
+
+class RunWorker:
+    """``manage.py runworker`` as a subprocess on the test database."""
+
+    def __init__(self, env, command="runworker"):
+        self.log_path = Path(tempfile.mkdtemp(prefix="runworker-log-")) / "worker.log"
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, str(ROOT / "manage.py"), command, "--interval", "0.05",
+                 "--no-startup-delay", "--no-reload"],
+                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 20
+        while "Starting worker" not in self.log():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"{command} did not start:\n{self.log()[-3000:]}")
+            time.sleep(0.05)
+
+    def log(self):
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, kill=False):
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def wait_status(check, status, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        check.refresh_from_db()
+        if check.status == status:
+            return check
+        if time.monotonic() > deadline:
+            pytest.fail(f"check {check.pk} is {check.status}, never {status}")
         time.sleep(0.05)
 
 

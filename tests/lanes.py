@@ -11,7 +11,7 @@ LANE_FIXTURES = {
 # A live server belongs to a lane too: the browser's if the test is a browser test, else broker.
 SERVER_FIXTURES = {"live_server"}
 # Programs that only a broker-marked test may start (they listen or keep running).
-SERVER_PROGRAMS = {"runbroker", "db_worker", "rqworker", "runportal", "runserver", "gunicorn",
+SERVER_PROGRAMS = {"runbroker", "db_worker", "runworker", "rqworker", "runportal", "runserver", "gunicorn",
                    "redis-server", "postgres", "pg_ctl", "chromium"}
 
 

@@ -1,4 +1,3 @@
-# ruff: noqa: F811 (fixtures imported from other test modules are used as arguments)
 """A database write lock held longer than the lock timeout stops nothing: the worker carries on,
 pages and JSON endpoints answer 503 with Retry-After, and the broker writes the status changes it
 could not write once the lock is gone.
@@ -23,15 +22,15 @@ from django_tasks_db.models import DBTaskResult
 from devices.models import CheckStatus, Device, DeviceStatus
 from devices.options import ConnectionOptions
 from devices.tasks import request_check
-from tests.broker_fixtures import (  # noqa: F401
+from tests.broker_fixtures import (
+    DB_TASKS,
     MqttTestClient,
-    _mqtt_broker_process,
+    RunWorker,
     free_port,
-    mqtt_broker,
+    wait_finished,
+    wait_status,
+    worker_env,
 )
-from tests.test_checks import silent_server  # noqa: F401
-from tests.test_task_results import RunWorker
-from tests.test_tasks import DB_TASKS, wait_finished, wait_status, worker_env
 
 LOCK_TIMEOUT_S = 0.3
 

@@ -1,4 +1,3 @@
-# ruff: noqa: F811 (fixtures imported from other test modules are used as arguments)
 """The worker's task rows (django_tasks_db's DBTaskResult): a killed worker's rows are failed
 where the checks are reaped, a zombie is dead, and finished rows are pruned with the checks."""
 
@@ -9,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,11 +20,8 @@ from devices.connection_check import Outcome
 from devices.models import CheckStatus, ConnectionCheck, _process_alive, process_scope
 from devices.task_results import task_max_runtime, worker_id
 from devices.tasks import request_check
-from tests.broker_fixtures import _mqtt_broker_process, mqtt_broker  # noqa: F401
-from tests.test_checks import silent_server  # noqa: F401
-from tests.test_tasks import DB_TASKS, wait_status, worker_env
+from tests.broker_fixtures import DB_TASKS, RunWorker, wait_status, worker_env
 
-ROOT = Path(__file__).resolve().parent.parent
 GONE_PID = 4_194_304 + 1  # above Linux's largest pid (pid_max is at most 2**22): never alive
 
 
@@ -144,37 +139,6 @@ def test_prunechecks_deletes_finished_task_rows_older_than_the_retention(db, set
     call_command("prunechecks", stdout=io.StringIO())
     assert set(DBTaskResult.objects.values_list("id", flat=True)) == {recent.id, running.id, ready.id}
     assert not DBTaskResult.objects.filter(id__in=[old_ok.id, old_failed.id]).exists()
-
-
-class RunWorker:
-    """``manage.py runworker`` as a subprocess on the test database."""
-
-    def __init__(self, env, command="runworker"):
-        self.log_path = Path(tempfile.mkdtemp(prefix="runworker-log-")) / "worker.log"
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, str(ROOT / "manage.py"), command, "--interval", "0.05",
-                 "--no-startup-delay", "--no-reload"],
-                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 20
-        while "Starting worker" not in self.log():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"{command} did not start:\n{self.log()[-3000:]}")
-            time.sleep(0.05)
-
-    def log(self):
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def stop(self, kill=False):
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 @pytest.mark.broker

@@ -22,19 +22,8 @@ from devices.connection_check import Outcome
 from devices.models import CheckStatus, ConnectionCheck, Device, DeviceStatus, process_scope
 from devices.options import ConnectionOptions
 from devices.tasks import DeviceOnlineError, request_check
-from tests.broker_fixtures import BrokerProcess, free_port, wait_finished
+from tests.broker_fixtures import BrokerProcess, free_port, wait_finished, wait_status
 from tests.fake_servers import make_ca, write_ca
-
-
-def wait_status(check, status, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        check.refresh_from_db()
-        if check.status == status:
-            return check
-        if time.monotonic() > deadline:
-            pytest.fail(f"check {check.pk} is {check.status}, never {status}")
-        time.sleep(0.05)
 
 
 def run(device, **kwargs):
