@@ -27,9 +27,10 @@ run: install
 test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# The quick lane: everything but the tests that start a broker, a worker, a server or a browser.
+# The quick lane: everything but the tests that start a broker, a worker, a server, a fresh
+# interpreter or a browser, and the whole-project sweeps (access matrix, fuzzing).
 test-fast: lint
-	$(PY) -m pytest -m "not broker and not browser" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not broker and not browser and not sweep" $(PYTEST_ARGS)
 
 lint: install
 	$(PY) -m ruff check .

@@ -25,6 +25,8 @@ from devices.batch import generated_rows, register_batch
 from devices.models import ApiToken, AuditEvent, ConnectionCheck, Device
 from tests.url_patterns import all_patterns
 
+pytestmark = pytest.mark.sweep  # every URL x every role: out of the quick lane
+
 PATTERNS = list(all_patterns())
 ROLES = ["anonymous", "owner", "member", "staff_without_secrets", "outsider", "superuser"]
 MAY_SEE_SECRETS = {"owner", "superuser"}  # the roles with devices.view_device_secret

@@ -19,6 +19,8 @@ from hypothesis import strategies as st
 from devices.models import ApiToken, ConnectionCheck
 from tests.url_patterns import all_patterns
 
+pytestmark = pytest.mark.sweep  # every endpoint fuzzed: out of the quick lane
+
 HOOK_TOKEN = "hook-token-for-fuzzing"
 BODY_LIMIT = 2048  # DATA_UPLOAD_MAX_MEMORY_SIZE while fuzzing, so that bodies over it are cheap
 USERNAME = "sensor-001&a1B2c3D4e5F"
