@@ -1,6 +1,10 @@
 """The EMQX REST API settings (PORTAL_EMQX_API_*) fail loudly when they cannot work."""
 
+import pytest
+
 from tests.test_settings import GOOD_FERNET, load_settings
+
+pytestmark = pytest.mark.broker  # each test starts a fresh interpreter: out of the quick lane
 
 KEYS = {"PORTAL_SECRET_KEY": "x" * 50, "PORTAL_SECRETS_KEY": GOOD_FERNET}
 

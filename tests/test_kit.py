@@ -19,8 +19,6 @@ from devices.options import ConnectionOptions
 from tests import toolchains
 from tests.broker_fixtures import free_port
 
-pytest_plugins = ["tests.broker_fixtures"]
-
 KIT_URL = "/api/v1/products/a1B2c3D4e5F/devices/sensor-001/kit"
 # Any printable text may be a secret: quotes, backslashes, trigraphs, template markers.
 HOSTILE_SECRET = 'q"\\??=`${x}`\'%s*/é'
