@@ -17,6 +17,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from devices.models import ApiToken, ConnectionCheck
+from devices.options import ConnectionOptions
 from tests.url_patterns import all_patterns
 
 pytestmark = pytest.mark.sweep  # every endpoint fuzzed: out of the quick lane
@@ -281,6 +282,14 @@ def test_acl_refuses_a_qos_that_is_not_0_1_or_2_naming_the_field(hooks, device, 
 
 
 def test_acl_still_reads_the_qos_emqx_sends_as_a_string(hooks, device):
+    # /mqtt/acl grants rights only to a session /mqtt/auth accepted (issue 9): accept one first.
+    params = device.connection_params(
+        ConnectionOptions(securemode=3, signmethod="hmacsha256", timestamp=1700000000000)
+    )
+    assert params["mqttClientId"] == CLIENT_ID
+    accepted = hooks("/mqtt/auth", {"clientid": CLIENT_ID, "username": USERNAME,
+                                    "password": params["mqttPassword"]})
+    assert accepted.json()["result"] == "allow"
     response = hooks("/mqtt/acl", {"clientid": CLIENT_ID, "username": USERNAME, "action": "publish",
                                    "topic": "/a1B2c3D4e5F/sensor-001/up", "qos": "1",
                                    "retain": "false"})
