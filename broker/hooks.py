@@ -23,7 +23,7 @@ from devices import signing
 from devices.api import error_response
 from devices.logsafe import MAX_TEXT_CHARS, shown
 
-from . import verifier
+from . import connection_events, verifier
 
 logger = logging.getLogger("broker.hooks")
 
@@ -133,6 +133,7 @@ def mqtt_auth(request, body):
     transport = _choice(body, "transport", verifier.TRANSPORTS, required=False)
     verdict = verifier.verify_connect(client_id, username, password, transport)
     if not verdict.accepted:
+        connection_events.log_auth_refusal(body, verdict, transport)
         logger.warning(
             "Hook refused CONNECT from %s over %s (mqttClientId %r, username %r): %s: %s",
             shown(peerhost or "?"), transport or "an unknown transport", shown(client_id),
@@ -180,6 +181,7 @@ def mqtt_events(request, body):
     if event not in ("client.connected", "client.disconnected"):
         return HttpResponse(status=204)  # other events are not ours to track
     username = _text(body, "username")
+    connection_events.log_session_event(body, event)
     try:
         device_id, product_id = signing.parse_username(username)
     except signing.SigningError:

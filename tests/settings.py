@@ -36,3 +36,7 @@ STORAGES = {
     **STORAGES,  # noqa: F405
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
+
+# The connection log's buffer is written by the test (connection_log.flush()), inside its
+# transaction; a broker started by a test runs its own flush thread (PortalBroker.start).
+CONNECTION_LOG_BACKGROUND = False

@@ -1,16 +1,19 @@
-"""Delete finished connection checks older than the retention (PORTAL_CHECK_RETENTION_DAYS)."""
+"""Delete finished connection checks older than the retention (PORTAL_CHECK_RETENTION_DAYS), and
+connection log events older than PORTAL_CONNECTION_LOG_DAYS."""
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.utils import timezone
 
+from devices import connection_log
 from devices.models import CheckStatus, ConnectionCheck
 
 
 class Command(BaseCommand):
     help = (
         "Delete finished connection checks older than PORTAL_CHECK_RETENTION_DAYS days "
-        "(queued and running checks are never deleted). Run it daily, e.g. from cron."
+        "(queued and running checks are never deleted), and connection log events older than "
+        "PORTAL_CONNECTION_LOG_DAYS days. Run it daily, e.g. from cron."
     )
 
     def add_arguments(self, parser):
@@ -31,8 +34,11 @@ class Command(BaseCommand):
         old = ConnectionCheck.objects.filter(
             status__in=[CheckStatus.SUCCEEDED, CheckStatus.FAILED], finished_at__lt=cutoff
         )
+        log_days = settings.CONNECTION_LOG_DAYS
         if dry_run:
             self.stdout.write(f"{old.count()} connection checks older than {days} days would be deleted.")
             return
         deleted, _ = old.delete()
         self.stdout.write(f"Deleted {deleted} connection checks older than {days} days.")
+        events = connection_log.prune(log_days)
+        self.stdout.write(f"Deleted {events} connection log events older than {log_days} days.")
