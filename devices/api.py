@@ -9,6 +9,7 @@ import json
 from functools import wraps
 
 from django.conf import settings
+from django.db.models import Q
 from django.http import JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.utils.translation import gettext as _
@@ -202,6 +203,36 @@ def device_checks(request, device):
     return JsonResponse(check.to_dict(), status=202)
 
 
+CONNECTION_LOG_LENGTH = 100
+
+
+@require_GET
+@api_auth
+@_with_device
+def device_connections(request, device):
+    """The device's connection log, newest first; ``since`` = an event id answers only the
+    events that changed after it (new ones, and folded ones whose count grew)."""
+    from .models import ConnectionEvent
+
+    events = ConnectionEvent.objects.filter(device=device)
+    since = request.GET.get("since")
+    if since not in (None, ""):
+        if not since.isdigit() or len(since) > 18:
+            return error_response(
+                400, "invalid_since", _("since must be the id of an event (digits only)."), "since"
+            )
+        reference = events.filter(pk=int(since)).values_list("last_at", flat=True).first()
+        if reference is None:  # pruned or trimmed meanwhile: everything newer than the id
+            events = events.filter(pk__gt=int(since))
+        else:
+            events = events.filter(Q(pk__gt=int(since)) | Q(last_at__gt=reference))
+    response = JsonResponse(
+        {"events": [event.to_dict() for event in events[:CONNECTION_LOG_LENGTH]]}
+    )
+    response["Cache-Control"] = "no-store"
+    return response
+
+
 @require_GET
 @api_auth
 def check_detail(request, check_id):
@@ -324,7 +355,43 @@ def openapi_description(request):
         },
     }
     _describe_checks(description, error)
+    _describe_connections(description, error)
     return JsonResponse(description)
+
+
+def _describe_connections(description, error):
+    """The connection log endpoint in the OpenAPI description."""
+    path_id = {"type": "string", "pattern": "^[A-Za-z0-9._:@-]{1,64}$"}
+    text = {"type": "string"}
+    event = {"type": "object", "properties": {
+        "id": {"type": "integer"}, "at": {"type": "string", "format": "date-time"},
+        "kind": {"type": "string", "enum": ["connected", "refused", "disconnected"]},
+        "broker": {"type": "string", "enum": ["embedded", "emqx"]},
+        "clientId": text, "peer": text, "transport": {"type": ["string", "null"]},
+        "protocol": {"type": ["string", "null"]}, "connack": {"type": ["integer", "null"]},
+        "code": text, "reason": text, "hint": {"type": ["string", "null"]},
+        "count": {"type": "integer"}, "sessionSeconds": {"type": ["integer", "null"]},
+    }}
+    description["paths"]["/api/v1/products/{productId}/devices/{deviceId}/connections"] = {
+        "get": {
+            "operationId": "listConnections",
+            "summary": "The device's connection log, newest first (never a password or secret)",
+            "parameters": [
+                {"name": "productId", "in": "path", "required": True, "schema": path_id},
+                {"name": "deviceId", "in": "path", "required": True, "schema": path_id},
+                {"name": "since", "in": "query", "required": False, "schema": {"type": "integer"},
+                 "description": "An event id: only the events that changed after it."},
+            ],
+            "responses": {
+                "200": {"description": "Events", "content": {"application/json": {"schema": {
+                    "type": "object",
+                    "properties": {"events": {"type": "array", "items": event}}}}}},
+                "400": error("since is not an event id."),
+                "401": error("Not logged in and no valid API token."),
+                "404": error("Unknown product or device, or no devices.view_device."),
+            },
+        }
+    }
 
 
 def _describe_checks(description, error):

@@ -581,6 +581,8 @@ class ConnectionEvent(models.Model):
     transport = models.CharField(_("transport"), max_length=8, blank=True)
     protocol = models.CharField(_("MQTT version"), max_length=16, blank=True)
     client_id = models.CharField(_("clientId"), max_length=200, blank=True)
+    # The deviceId the username named (for attempts of unknown devices, shown on the product).
+    named_device_id = models.CharField(_("deviceId named"), max_length=64, blank=True)
     connack = models.IntegerField(_("CONNACK"), null=True, blank=True)
     code = models.CharField(_("code"), max_length=40)
     findings = models.JSONField(_("findings"), default=list, blank=True)

@@ -10,5 +10,6 @@ urlpatterns = [
     path("openapi.json", api.openapi_description, name="api-openapi"),
     path(DEVICE + "mqtt-params", api.mqtt_params, name="api-mqtt-params"),
     path(DEVICE + "checks", api.device_checks, name="api-device-checks"),
+    path(DEVICE + "connections", api.device_connections, name="api-device-connections"),
     path("checks/<int:check_id>", api.check_detail, name="api-check"),
 ]

@@ -144,7 +144,7 @@ def test_a_wrong_sign_method_is_diagnosed_in_both_languages(device):
     assert "hmacsha1" in event.hint
     with translation.override("zh-hans"):
         assert event.reason == "密码不是该设备密钥的签名。"
-        assert any("hmacsha1" in m and "签名方法" in m for _l, _c, m in event.localized_findings())
+        assert any("hmacsha1" in m and "密钥无误" in m for _l, _c, m in event.localized_findings())
 
 
 def test_the_previous_secret_is_named_after_a_rotation(device):
