@@ -375,6 +375,8 @@ class PortalBroker(Broker):
             return None
         if header.packet_type != CONNECT:
             logger.warning("Closed connection from %s: first packet is not a CONNECT", shown(peer))
+            connection_log.record(ConnectionKind.REFUSED, broker=ConnectionBroker.EMBEDDED,
+                                  code="not_a_connect", peer=peer, transport=transport)
             await writer.close()
             return None
         if header.remaining_length > MAX_CONNECT_BYTES:

@@ -421,8 +421,7 @@ REFUSAL_TEXT = {
     ),
     "not_a_connect": (
         _("The first packet was not a valid CONNECT."),
-        _("Speak MQTT from the first byte (a plain-TCP client on the TLS port, or TLS on the "
-          "plain port, looks like this)."),
+        _("Speak MQTT 3.1.1 from the first byte: the first packet must be a CONNECT."),
     ),
 }
 

@@ -624,12 +624,13 @@ class ConnectionEvent(models.Model):
 
     @property
     def hint(self):
-        """What to change: the diagnosis's errors and warnings when there are, else the words of
-        the code."""
-        specific = [m for level, _code, m in self.localized_findings() if level in ("error", "warning")]
-        if specific:
-            return " ".join(specific)
-        return self.text[1]
+        """What to change: the diagnosis's errors when it found some, else the words of the code;
+        then its warnings (a clock hours away, an SDK's fixed timestamp)."""
+        findings = self.localized_findings()
+        errors = [m for level, _code, m in findings if level == "error"]
+        warnings = [m for level, _code, m in findings if level == "warning"]
+        parts = errors or ([self.text[1]] if self.text[1] else [])
+        return " ".join(parts + warnings) or None
 
     def to_dict(self):
         return {
