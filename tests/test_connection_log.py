@@ -17,7 +17,7 @@ SECRET = "Xk9fPq2LmN7rT4vW8yZ1aB3cD5eF6gH0"  # the conftest device's
 
 
 @pytest.fixture(autouse=True)
-def empty_buffer():
+def empty_buffer(db):
     connection_log.flush()
     yield
     connection_log.flush()

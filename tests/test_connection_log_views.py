@@ -9,7 +9,7 @@ PAGE = "/products/a1B2c3D4e5F/devices/sensor-001/"
 
 
 @pytest.fixture(autouse=True)
-def empty_buffer():
+def empty_buffer(db):
     connection_log.flush()
     yield
     connection_log.flush()
