@@ -210,22 +210,36 @@ CONNECTION_LOG_LENGTH = 100
 @api_auth
 @_with_device
 def device_connections(request, device):
-    """The device's connection log, newest first; ``since`` = an event id answers only the
-    events that changed after it (new ones, and folded ones whose count grew)."""
+    """The device's connection log, newest first. ``since`` = an event id answers only newer
+    events; ``changedAfter`` (ISO 8601, optional) adds the older ones whose count grew after that
+    time (a folded repeat), which is how the device page keeps its counts current."""
+    from django.utils.dateparse import parse_datetime
+
     from .models import ConnectionEvent
 
     events = ConnectionEvent.objects.filter(device=device)
-    since = request.GET.get("since")
-    if since not in (None, ""):
+    since = request.GET.get("since", "")
+    changed_after = request.GET.get("changedAfter", "")
+    if since:
         if not since.isdigit() or len(since) > 18:
             return error_response(
                 400, "invalid_since", _("since must be the id of an event (digits only)."), "since"
             )
-        reference = events.filter(pk=int(since)).values_list("last_at", flat=True).first()
-        if reference is None:  # pruned or trimmed meanwhile: everything newer than the id
-            events = events.filter(pk__gt=int(since))
-        else:
-            events = events.filter(Q(pk__gt=int(since)) | Q(last_at__gt=reference))
+        newer = Q(pk__gt=int(since))
+        if changed_after:
+            try:
+                when = parse_datetime(changed_after)
+            except ValueError:
+                when = None
+            if when is None or when.tzinfo is None:
+                return error_response(
+                    400, "invalid_changed_after",
+                    _("changedAfter must be a date and time with its offset (ISO 8601), as the "
+                      "events' at."),
+                    "changedAfter",
+                )
+            newer |= Q(last_at__gt=when)
+        events = events.filter(newer)
     response = JsonResponse(
         {"events": [event.to_dict() for event in events[:CONNECTION_LOG_LENGTH]]}
     )
@@ -380,7 +394,11 @@ def _describe_connections(description, error):
                 {"name": "productId", "in": "path", "required": True, "schema": path_id},
                 {"name": "deviceId", "in": "path", "required": True, "schema": path_id},
                 {"name": "since", "in": "query", "required": False, "schema": {"type": "integer"},
-                 "description": "An event id: only the events that changed after it."},
+                 "description": "An event id: only newer events."},
+                {"name": "changedAfter", "in": "query", "required": False,
+                 "schema": {"type": "string", "format": "date-time"},
+                 "description": "With since: also the older events whose count grew after "
+                                "this time."},
             ],
             "responses": {
                 "200": {"description": "Events", "content": {"application/json": {"schema": {

@@ -42,7 +42,7 @@ def test_the_api_answers_the_interface_shape_newest_first(client, member, device
     assert (first["count"], first["sessionSeconds"], first["connack"]) == (1, None, 5)
 
 
-def test_since_answers_new_events_and_folded_ones_whose_count_grew(client, member, device):
+def test_since_answers_new_events_and_changed_after_folded_ones(client, member, device):
     refuse()
     connection_log.flush()
     client.force_login(member)
@@ -54,8 +54,9 @@ def test_since_answers_new_events_and_folded_ones_whose_count_grew(client, membe
     assert [e["code"] for e in newer] == ["unsupported_protocol"]
     refuse()  # folds into the first row
     connection_log.flush()
-    changed = client.get(f"{API}?since={newer[0]['id']}").json()["events"]
-    assert [(e["id"], e["count"]) for e in changed] == [(first_id, 2)]
+    assert client.get(f"{API}?since={newer[0]['id']}").json()["events"] == []
+    changed = client.get(API, {"since": newer[0]["id"], "changedAfter": newer[0]["at"]})
+    assert [(e["id"], e["count"]) for e in changed.json()["events"]] == [(first_id, 2)]
 
 
 def test_since_must_be_an_event_id(client, member, device):
@@ -63,6 +64,9 @@ def test_since_must_be_an_event_id(client, member, device):
     response = client.get(f"{API}?since=yesterday")
     assert response.status_code == 400
     assert response.json()["error"]["field"] == "since"
+    response = client.get(API, {"since": "1", "changedAfter": "2026-13-45T99:00"})
+    assert response.status_code == 400
+    assert response.json()["error"]["field"] == "changedAfter"
 
 
 def test_the_api_speaks_the_readers_language(client, member, device):

@@ -1,5 +1,6 @@
-/* Device page, "Connection log": ask the JSON API every second for the events that changed
- * since the newest one shown, and put them on top (a folded row whose count grew moves up).
+/* Device page, "Connection log": ask the JSON API every second for the events newer than the
+ * newest shown (since) and those whose count grew after the newest time shown (changedAfter),
+ * and put them on top (a folded row whose count grew moves up).
  * An enhancement only: a plain reload shows the current log without JavaScript.
  * Every text comes from the server (translated there); nothing is inserted as HTML. */
 (function () {
@@ -73,9 +74,16 @@
     return tr;
   }
 
-  function newestId() {
-    var first = rows.querySelector("tr[data-event-id]");
-    return first ? first.dataset.eventId : "";
+  // The newest event id and the newest time shown: the API answers what changed after them.
+  function newest() {
+    var id = 0, at = "", latest = -Infinity;
+    rows.querySelectorAll("tr[data-event-id]").forEach(function (tr) {
+      id = Math.max(id, Number(tr.dataset.eventId));
+      var time = tr.querySelector("time");
+      var value = time ? Date.parse(time.getAttribute("datetime")) : NaN;
+      if (value > latest) { latest = value; at = time.getAttribute("datetime"); }
+    });
+    return {id: id ? String(id) : "", at: at};
   }
 
   function show(events) {
@@ -90,8 +98,10 @@
 
   function poll() {
     polls += 1;
-    var since = polls % FULL_EVERY === 0 ? "" : newestId();
-    var url = section.dataset.apiUrl + (since ? "?since=" + encodeURIComponent(since) : "");
+    var shown = newest();
+    var since = polls % FULL_EVERY === 0 ? "" : shown.id;
+    var url = section.dataset.apiUrl + (since ? "?since=" + encodeURIComponent(since) +
+      (shown.at ? "&changedAfter=" + encodeURIComponent(shown.at) : "") : "");
     fetch(url, {credentials: "same-origin", headers: {Accept: "application/json"}})
       .then(function (response) { return response.ok ? response.json() : {events: []}; })
       .then(function (body) {
