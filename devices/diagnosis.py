@@ -10,6 +10,8 @@ The device secret is used to compute expected passwords and is never part of the
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import hmac
 import re
@@ -359,9 +361,34 @@ def _explain_mismatch(result, parsed, secret, password, mqtt_client_id) -> bool:
     return explained
 
 
+# Work shared between diagnoses of the same fields in several languages (the connection log
+# renders each finding in English and Chinese): only inside ``shared_work()``, dropped after it.
+_shared = contextvars.ContextVar("diagnosis_shared_work", default=None)
+
+
+@contextlib.contextmanager
+def shared_work():
+    token = _shared.set({})
+    try:
+        yield
+    finally:
+        _shared.reset(token)
+
+
 def _find_signed_timestamp(parsed, secret, password, window_ms=1500) -> str | None:
     """A timestamp near the one sent (read from the clock twice, or seconds for milliseconds)
     that explains the password, or None. A few thousand HMACs: milliseconds of work."""
+    memo = _shared.get()
+    if memo is None:
+        return _search_signed_timestamp(parsed, secret, password, window_ms)
+    key = ("timestamp", parsed.client_id, parsed.product_id, parsed.device_id, parsed.timestamp,
+           parsed.signmethod, secret, password, window_ms)
+    if key not in memo:
+        memo[key] = _search_signed_timestamp(parsed, secret, password, window_ms)
+    return memo[key]
+
+
+def _search_signed_timestamp(parsed, secret, password, window_ms) -> str | None:
     sent = int(parsed.timestamp)
     candidates = [sent // 1000, sent * 1000]
     for delta in range(1, window_ms + 1):
