@@ -21,8 +21,8 @@ import time
 
 from bench.harness import ROOT, connect_packet, free_port, set_up_django, stop, wait_listening
 
-CONNECTIONS = int(os.environ.get("BENCH_LOG_CONNECTIONS", "1000"))
-REQUESTS = int(os.environ.get("BENCH_LOG_REQUESTS", "2000"))
+CONNECTIONS = int(os.environ.get("BENCH_LOG_CONNECTIONS", "4000"))
+REQUESTS = int(os.environ.get("BENCH_LOG_REQUESTS", "4000"))
 THREADS = int(os.environ.get("BENCH_LOG_THREADS", "4"))
 SECRET = "bench-secret-0123456789abcdefABCD"
 TOKEN = "bench-hook-token"
@@ -88,6 +88,8 @@ def broker_rows(fields):
                     rate, bad = storm(port, packets, expected)
                 finally:
                     stop(process)
+                if bad:
+                    raise RuntimeError(f"{label}, log {log}: {bad} unexpected CONNACKs")
                 if rate > best.get(log, (0, 0))[0]:
                     best[log] = (rate, bad)
         for log in ("on", "off"):
@@ -113,7 +115,8 @@ def auth_rows(bodies):
 
     best = {}
     for log in [log for order in _orders() for log in order]:
-        with override_settings(CONNECTION_LOG=log == "on", BROKER_HOOK_TOKEN=TOKEN):
+        with override_settings(CONNECTION_LOG=log == "on", BROKER_HOOK_TOKEN=TOKEN,
+                               ALLOWED_HOSTS=["testserver"]):
             per_thread = REQUESTS // len(bodies)
             failures = []
 
@@ -136,6 +139,8 @@ def auth_rows(bodies):
                 t.join()
             rate = per_thread * len(bodies) / (time.perf_counter() - started)
             connection_log.flush()
+        if sum(failures):
+            raise RuntimeError(f"/mqtt/auth answered {sum(failures)} requests wrongly")
         if rate > best.get(log, (0, 0))[0]:
             best[log] = (rate, sum(failures[1:]))
     return [{"benchmark": f"/mqtt/auth refusal storm, log {log}", "metric": "requests per second",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -94,6 +95,15 @@ class _Buffer:
 
 
 _buffer = _Buffer()
+
+
+def _after_fork_in_child():
+    """A forked worker (gunicorn --preload) has no flush thread of its own: start afresh."""
+    global _buffer
+    _buffer = _Buffer()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def enabled() -> bool:

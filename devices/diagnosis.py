@@ -389,18 +389,26 @@ def _find_signed_timestamp(parsed, secret, password, window_ms=1500) -> str | No
 
 
 def _search_signed_timestamp(parsed, secret, password, window_ms) -> str | None:
+    # The contents that carry a timestamp end with it (signing.signing_content sorts by name), so
+    # each candidate is the two fixed prefixes plus its digits, signed from one keyed HMAC.
     sent = int(parsed.timestamp)
     candidates = [sent // 1000, sent * 1000]
     for delta in range(1, window_ms + 1):
         candidates.extend((sent - delta, sent + delta))
+    keyed = hmac.new(secret.encode("utf-8"), digestmod=signing.SIGN_METHODS[parsed.signmethod])
+    prefixes = [
+        (signing.signing_content(parsed.product_id, parsed.device_id, client_id) + "timestamp")
+        .encode("utf-8")
+        for client_id in (parsed.client_id, None)
+    ]
     for candidate in candidates:
         if candidate < 0:
             continue
-        variant = dataclasses.replace(parsed, timestamp=str(candidate))
-        for content in signing.accepted_contents(variant):
-            if str(candidate) in content and _same(
-                password, signing.sign(secret, content, parsed.signmethod)
-            ):
+        digits = str(candidate).encode("ascii")
+        for prefix in prefixes:
+            signature = keyed.copy()
+            signature.update(prefix + digits)
+            if _same(password, signature.hexdigest()):
                 return str(candidate)
     return None
 
