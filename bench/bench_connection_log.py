@@ -64,7 +64,7 @@ def storm(port, packets, expected, connections=CONNECTIONS):
 
 # Each mode runs REPEATS times, on and off alternating (off first, then on first), and the best
 # run counts: on a shared machine the noise of one run is larger than what is measured.
-REPEATS = int(os.environ.get("BENCH_LOG_REPEATS", "2"))
+REPEATS = int(os.environ.get("BENCH_LOG_REPEATS", "3"))
 
 
 def _orders():
