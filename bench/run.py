@@ -33,6 +33,13 @@ RATIOS = [
     (("one db_worker", "checks per second"), ("bare paho connect loop", "connects per second")),
     (("run_connection_check loop", "checks per second"),
      ("bare paho connect loop", "connects per second")),
+    # The connection log's cost (bench_connection_log.py): log on over log off, goal ≥ 0.90.
+    (("embedded broker, refusal storm, log on", "connects per second"),
+     ("embedded broker, refusal storm, log off", "connects per second")),
+    (("embedded broker, accepted connects, log on", "connects per second"),
+     ("embedded broker, accepted connects, log off", "connects per second")),
+    (("/mqtt/auth refusal storm, log on", "requests per second"),
+     ("/mqtt/auth refusal storm, log off", "requests per second")),
 ]
 
 

@@ -48,7 +48,8 @@ from amqtt.plugins.base import BaseTopicPlugin
 from amqtt.session import Session
 from django.db import close_old_connections
 
-from devices.choices import refusal
+from devices import connection_log
+from devices.choices import ConnectionBroker, ConnectionKind, refusal
 from devices.logsafe import MAX_TEXT_CHARS, shown
 
 from . import verifier
@@ -83,6 +84,12 @@ class DeviceConnection:
     session_id: str
     handler: PortalProtocolHandler | None = None
     closing_reason: str | None = None
+    # The connection log's stable code for why it ended (devices.choices.SESSION_END_TEXT), and
+    # for a takeover, who took over.
+    closing_code: str | None = None
+    taker: tuple[str, str] | None = None
+    peer: str = ""
+    saw_disconnect: bool = False
     connected_at: float = field(default_factory=time.monotonic)
 
     @property
@@ -93,10 +100,14 @@ class DeviceConnection:
     def name(self):
         return f"{self.product_id}/{self.device_id}"
 
-    async def close(self, reason: str) -> None:
-        """Drop the connection (MQTT 3.1.1 has no server DISCONNECT: the socket is closed)."""
+    async def close(self, reason: str, code: str = "unknown",
+                    taker: tuple[str, str] | None = None) -> None:
+        """Drop the connection (MQTT 3.1.1 has no server DISCONNECT: the socket is closed).
+        ``reason`` is for the broker's log; ``code`` is the connection log's (stable)."""
         if self.closing_reason is None:
             self.closing_reason = reason
+            self.closing_code = code
+            self.taker = taker
             logger.warning(
                 "Disconnecting %s (clientId %r): %s", self.name, shown(self.client_id),
                 shown(reason, MAX_TEXT_CHARS),
@@ -126,7 +137,8 @@ class PortalProtocolHandler(BrokerProtocolHandler):
             publish_packet.qos or 0, bool(publish_packet.retain_flag),
         )
         if verdict.profile:
-            await conn.close(f"PUBLISH to {shown(publish_packet.topic_name)!r} refused: {verdict.reason}")
+            await conn.close(f"PUBLISH to {shown(publish_packet.topic_name)!r} refused: {verdict.reason}",
+                             verdict.code)
             return
         # Outside the topic space: amqtt asks DeviceTopicPlugin, which drops it and logs why.
         await super().handle_publish(publish_packet)
@@ -135,7 +147,13 @@ class PortalProtocolHandler(BrokerProtocolHandler):
         # The reader waited 1.5 × keep-alive without a packet (MQTT 3.1.1 §3.1.2.10).
         conn = self.connection()
         if conn is not None:
-            asyncio.ensure_future(conn.close("no packet within 1.5 × keep-alive"))
+            asyncio.ensure_future(conn.close("no packet within 1.5 × keep-alive", "keepalive_timeout"))
+
+    async def handle_disconnect(self, disconnect) -> None:
+        conn = self.connection()
+        if conn is not None and disconnect is not None:
+            conn.saw_disconnect = True  # a DISCONNECT packet, not a lost connection
+        await super().handle_disconnect(disconnect)
 
 
 class DeviceTopicPlugin(BaseTopicPlugin):
@@ -238,6 +256,7 @@ class PortalBroker(Broker):
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
+        connection_log.start()
         stale = await self._db(self._status_pool, _mark_all_offline)
         if stale:
             logger.info("Marked %d device(s) offline that a previous broker left online", stale)
@@ -251,11 +270,17 @@ class PortalBroker(Broker):
                 task.cancel()
         for conn in list(self.live.values()):
             self._status(conn, online=False)
+            if conn.closing_code is None:
+                conn.closing_reason, conn.closing_code = "the broker stopped", "broker_shutdown"
         self.live.clear()
         await super().shutdown()
         if not await self._flush_status():
             logger.error("The broker stops: %d device status change(s) are not recorded",
                          len(self._pending_status))
+        try:
+            await self._db(self._status_pool, connection_log.flush)
+        except Exception as error:  # the log is not worth a failed shutdown
+            logger.error("Could not write the connection log at shutdown: %s", type(error).__name__)
         self._auth_pool.shutdown(wait=False)
         self._status_pool.shutdown(wait=True)
 
@@ -323,16 +348,16 @@ class PortalBroker(Broker):
             for conn in conns:
                 row = rows.get(conn.device_pk)
                 if row is None:
-                    reason = "the device was deleted"
+                    reason, code = "the device was deleted", "kicked_deleted"
                 elif not row[0]:
-                    reason = "the device was disabled"
+                    reason, code = "the device was disabled", "kicked_disabled"
                 elif row[1] is not None and (
                     conn.secret_rotated_at is None or row[1] > conn.secret_rotated_at
                 ):
-                    reason = "the device's secret was rotated"
+                    reason, code = "the device's secret was rotated", "kicked_secret_rotated"
                 else:
                     continue
-                await conn.close(reason)
+                await conn.close(reason, code)
 
     # -- one connection ---------------------------------------------------------------------
 
@@ -349,9 +374,13 @@ class PortalBroker(Broker):
         finally:
             server.release_connection()
 
-    async def _refuse(self, writer: WriterAdapter, code: str, peer: str, why: str) -> None:
-        """Answer a refusal code with its CONNACK (devices.choices.REFUSALS) and close."""
+    async def _refuse(self, writer: WriterAdapter, code: str, peer: str, why: str,
+                      attempt: dict | None = None) -> None:
+        """Answer a refusal code with its CONNACK (devices.choices.REFUSALS) and close.
+        ``attempt`` holds the CONNECT's fields for the connection log (devices.connection_log)."""
         connack = refusal(code).connack
+        connection_log.record(ConnectionKind.REFUSED, broker=ConnectionBroker.EMBEDDED, code=code,
+                              connack=connack, **(attempt or {}))
         logger.warning("Refused CONNECT from %s (CONNACK 0x%02x): %s: %s", shown(peer, MAX_TEXT_CHARS),
                        connack, code, shown(why, MAX_TEXT_CHARS))
         try:
@@ -361,7 +390,8 @@ class PortalBroker(Broker):
             pass
         await writer.close()
 
-    async def _read_connect(self, reader: ReaderAdapter, writer: WriterAdapter, peer: str):
+    async def _read_connect(self, reader: ReaderAdapter, writer: WriterAdapter, peer: str,
+                            transport: str | None = None):
         """The first packet as a ConnectPacket, or None after refusing it (and closing)."""
         header = await MQTTFixedHeader.from_stream(reader)
         if header is None:
@@ -369,6 +399,8 @@ class PortalBroker(Broker):
             return None
         if header.packet_type != CONNECT:
             logger.warning("Closed connection from %s: first packet is not a CONNECT", shown(peer))
+            connection_log.record(ConnectionKind.REFUSED, broker=ConnectionBroker.EMBEDDED,
+                                  code="not_a_connect", peer=peer, transport=transport)
             await writer.close()
             return None
         if header.remaining_length > MAX_CONNECT_BYTES:
@@ -385,6 +417,7 @@ class PortalBroker(Broker):
                 writer, "unsupported_protocol", peer,
                 f"MQTT {version} is not spoken by the embedded broker (MQTT 3.1.1 only; "
                 "use the EMQX set-up for 3.1 and 5.0)",
+                {"peer": peer, "transport": transport, "protocol": str(version)},
             )
             return None
         packet = await ConnectPacket.from_stream(BufferReader(bytes(body)), fixed_header=header)
@@ -395,9 +428,12 @@ class PortalBroker(Broker):
         peer = f"{peer_info[0]}:{peer_info[1]}" if peer_info else "?"
         transport = self.transports.get(listener_name)
         try:
-            connect = await asyncio.wait_for(self._read_connect(reader, writer, peer), CONNECT_TIMEOUT_S)
+            connect = await asyncio.wait_for(self._read_connect(reader, writer, peer, transport),
+                                             CONNECT_TIMEOUT_S)
         except (TimeoutError, asyncio.IncompleteReadError, NoDataError, MQTTError, AMQTTError, UnicodeDecodeError, IndexError) as error:
             logger.warning("Closed connection from %s: no valid CONNECT (%s)", shown(peer), type(error).__name__)
+            connection_log.record(ConnectionKind.REFUSED, broker=ConnectionBroker.EMBEDDED,
+                                  code="not_a_connect", peer=peer, transport=transport)
             await writer.close()
             return
         if connect is None:
@@ -407,16 +443,20 @@ class PortalBroker(Broker):
         mqtt_client_id = connect.payload.client_id if not connect.payload.client_id_is_random else ""
         username = connect.payload.username
         who = f"{peer} over {transport} (mqttClientId {shown(mqtt_client_id)!r}, username {shown(username)!r})"
+        attempt = {"peer": peer, "transport": transport, "protocol": "3.1.1",
+                   "mqtt_client_id": mqtt_client_id, "username": username or "",
+                   "password": connect.payload.password}
         if variable.reserved_flag:
-            await self._refuse(writer, "reserved_flag", who, "CONNECT reserved flag set [MQTT-3.1.2-3]")
+            await self._refuse(writer, "reserved_flag", who, "CONNECT reserved flag set [MQTT-3.1.2-3]",
+                               attempt)
             return
         if variable.will_flag:
             await self._refuse(writer, "will_not_supported", who,
-                               "will messages are not supported (spec §1)")
+                               "will messages are not supported (spec §1)", attempt)
             return
         if not variable.username_flag or not variable.password_flag or username is None:
             await self._refuse(writer, "missing_credentials", who,
-                               "mqttUsername and mqttPassword are required")
+                               "mqttUsername and mqttPassword are required", attempt)
             return
 
         try:
@@ -428,10 +468,10 @@ class PortalBroker(Broker):
             logger.error("Registry unavailable while verifying %s: %s", shown(who, MAX_TEXT_CHARS),
                          shown(error, MAX_TEXT_CHARS))
             await self._refuse(writer, "registry_unavailable", who,
-                               "registry unavailable (server unavailable)")
+                               "registry unavailable (server unavailable)", attempt)
             return
         if not verdict.accepted:
-            await self._refuse(writer, verdict.code, who, verdict.reason)
+            await self._refuse(writer, verdict.code, who, verdict.reason, attempt)
             return
 
         parsed, record = verdict.parsed, verdict.record
@@ -444,6 +484,7 @@ class PortalBroker(Broker):
             transport=transport,
             secret_rotated_at=record.secret_rotated_at,
             session_id=f"{record.product_id}&{record.device_id}#{next(self._ids)}",
+            peer=peer,
         )
         async with self._admission:
             previous = self.live.get(conn.key)
@@ -452,7 +493,7 @@ class PortalBroker(Broker):
                 holder = verifier.Holder(previous.client_id, previous.exclusive)
             admitted = verifier.admit(verdict, holder)
             if not admitted.accepted:
-                await self._refuse(writer, admitted.code, who, admitted.reason)
+                await self._refuse(writer, admitted.code, who, admitted.reason, attempt)
                 return
             self.live[conn.key] = conn
         await self._run_session(conn, previous, connect, reader, writer, who)
@@ -460,9 +501,11 @@ class PortalBroker(Broker):
     async def _run_session(self, conn: DeviceConnection, previous: DeviceConnection | None,
                            connect, reader, writer, who: str) -> None:
         """From the accepted CONNECT to the end of the connection; always leaves ``live`` right."""
+        accepted = False
         try:
             if previous is not None:
-                await previous.close(f"replaced by a newer connection (clientId {shown(conn.client_id)!r})")
+                await previous.close(f"replaced by a newer connection (clientId {shown(conn.client_id)!r})",
+                                     "taken_over", (conn.peer, conn.client_id))
             session = Session()
             session.client_id = conn.session_id
             session.clean_session = True
@@ -481,6 +524,13 @@ class PortalBroker(Broker):
             logger.info("Accepted %s as %s%s", shown(who, MAX_TEXT_CHARS), conn.name,
                         " (exclusive)" if conn.exclusive else "")
             self._status(conn, online=True)
+            connection_log.record(
+                ConnectionKind.CONNECTED, broker=ConnectionBroker.EMBEDDED, code="accepted",
+                connack=0, peer=conn.peer, transport=conn.transport, protocol="3.1.1",
+                mqtt_client_id=connect.payload.client_id, product_id=conn.product_id,
+                device_id=conn.device_id,
+            )
+            accepted = True
             await self.plugins_manager.fire_event(
                 BrokerEvents.CLIENT_CONNECTED, client_id=conn.session_id, client_session=session
             )
@@ -493,8 +543,22 @@ class PortalBroker(Broker):
             if self.live.get(conn.key) is conn:
                 del self.live[conn.key]
                 self._status(conn, online=False)
+            if accepted:
+                self._log_end(conn)
             logger.info("%s (clientId %r) disconnected%s", conn.name, shown(conn.client_id),
                         shown(f": {conn.closing_reason}" if conn.closing_reason else "", MAX_TEXT_CHARS))
+
+    @staticmethod
+    def _log_end(conn: DeviceConnection) -> None:
+        code = conn.closing_code or ("client_disconnect" if conn.saw_disconnect else "connection_lost")
+        taker_peer, taker_client_id = conn.taker or ("", "")
+        connection_log.record(
+            ConnectionKind.DISCONNECTED, broker=ConnectionBroker.EMBEDDED, code=code,
+            peer=conn.peer, transport=conn.transport, protocol="3.1.1",
+            mqtt_client_id=conn.client_id, product_id=conn.product_id, device_id=conn.device_id,
+            session_seconds=time.monotonic() - conn.connected_at,
+            taker_peer=taker_peer, taker_client_id=taker_client_id,
+        )
 
     # -- the protocol profile around amqtt's message loop -----------------------------------
 

@@ -23,7 +23,7 @@ from devices import signing
 from devices.api import error_response
 from devices.logsafe import MAX_TEXT_CHARS, shown
 
-from . import verifier
+from . import connection_events, verifier
 
 logger = logging.getLogger("broker.hooks")
 
@@ -148,6 +148,7 @@ def mqtt_auth(request, body):
     if verdict.accepted:
         verdict = verifier.admit(verdict, _holder(verdict.record))
     if not verdict.accepted:
+        connection_events.log_auth_refusal(body, verdict, transport)
         logger.warning(
             "Hook refused CONNECT from %s over %s (mqttClientId %r, username %r): %s: %s",
             shown(peerhost or "?"), transport or "an unknown transport", shown(client_id),
@@ -265,6 +266,9 @@ def mqtt_events(request, body):
             event, username, peername or "?",
         )
         return HttpResponse(status=204)
+    connection_events.log_session_event(body, event, session)  # only authenticated sessions
+    if connected:
+        connection_events.log_takeovers(session, body.get("connected_at"))
     if when is not None:
         # EMQX may deliver a reconnect's events out of order (its HTTP action is asynchronous):
         # an event older than the device's last recorded change is history, not news.

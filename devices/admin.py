@@ -33,6 +33,7 @@ from .models import (
     AuditEvent,
     BrokerSession,
     ConnectionCheck,
+    ConnectionEvent,
     Device,
     PendingKick,
     Product,
@@ -679,3 +680,30 @@ class PendingKickAdmin(_ReadOnlyAdmin):
     list_display = ["client_id", "reason", "created_at", "attempts", "next_attempt_at",
                     "last_error"]
     search_fields = ["client_id"]
+
+
+# -- the connection log ---------------------------------------------------------------------
+
+
+@admin.register(ConnectionEvent)
+class UnattributedConnectionEventAdmin(RecordAdmin):
+    """The staff-only connection log: attempts that name no known product (a device's own and a
+    product's unknown deviceIds are on their console pages, for devices.view_device)."""
+
+    list_display = ["last_at", "kind", "code", "count", "client_id", "peer", "broker", "transport",
+                    "connack"]
+    list_filter = ["kind", "code", "broker"]
+    search_fields = ["client_id", "peer_host"]
+    fields = ["first_at", "last_at", "kind", "code", "count", "broker", "peer", "transport",
+              "protocol", "client_id", "connack"]
+    readonly_fields = fields
+    show_full_result_count = False
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).filter(product=None, device=None)
+
+    def has_view_permission(self, request, obj=None):
+        return request.user.is_active and request.user.is_staff
+
+    def has_module_permission(self, request):
+        return self.has_view_permission(request)

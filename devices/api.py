@@ -11,6 +11,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
+from django.db.models import Q
 from django.http import HttpResponse, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.utils.translation import gettext as _
@@ -297,6 +298,50 @@ def device_checks(request, device):
     # The row as queued: a fast worker may already have claimed it, but the answer to the
     # request is what was queued (INTERFACES.md: "status": "queued").
     return JsonResponse(check.to_dict(), status=202)
+
+
+CONNECTION_LOG_LENGTH = 100
+
+
+@require_GET
+@api_auth
+@_with_device
+def device_connections(request, device):
+    """The device's connection log, newest first. ``since`` = an event id answers only newer
+    events; ``changedAfter`` (ISO 8601, optional) adds the older ones whose count grew after that
+    time (a folded repeat), which is how the device page keeps its counts current."""
+    from django.utils.dateparse import parse_datetime
+
+    from .models import ConnectionEvent
+
+    events = ConnectionEvent.objects.filter(device=device)
+    since = request.GET.get("since", "")
+    changed_after = request.GET.get("changedAfter", "")
+    if since:
+        if not since.isdigit() or len(since) > 18:
+            return error_response(
+                400, "invalid_since", _("since must be the id of an event (digits only)."), "since"
+            )
+        newer = Q(pk__gt=int(since))
+        if changed_after:
+            try:
+                when = parse_datetime(changed_after)
+            except ValueError:
+                when = None
+            if when is None or when.tzinfo is None:
+                return error_response(
+                    400, "invalid_changed_after",
+                    _("changedAfter must be a date and time with its offset (ISO 8601), as the "
+                      "events' at."),
+                    "changedAfter",
+                )
+            newer |= Q(last_at__gt=when)
+        events = events.filter(newer)
+    response = JsonResponse(
+        {"events": [event.to_dict() for event in events[:CONNECTION_LOG_LENGTH]]}
+    )
+    response["Cache-Control"] = "no-store"
+    return response
 
 
 @require_GET

@@ -305,3 +305,178 @@ def outcome_text(code: str) -> tuple[str, str]:
     message, hint = OUTCOME_TEXT.get(code, OUTCOME_TEXT[Outcome.INTERNAL_ERROR])
     return str(message), str(hint)
 
+
+
+# -- the connection log ---------------------------------------------------------------------------
+
+
+class ConnectionKind(models.TextChoices):
+    CONNECTED = "connected", _("Connected")
+    REFUSED = "refused", _("Refused")
+    DISCONNECTED = "disconnected", _("Disconnected")
+
+
+class ConnectionBroker(models.TextChoices):
+    EMBEDDED = "embedded", _("embedded broker")
+    EMQX = "emqx", _("EMQX")
+
+
+# The code of an accepted CONNECT (a warning, if any, is in the event's findings).
+ACCEPTED = "accepted"
+
+# code -> (what happened, what to change). Every refusal code in REFUSALS has its words here
+# (tests/test_connection_log.py checks it), beside the codes they explain.
+REFUSAL_TEXT = {
+    "malformed_client_id": (
+        _("The mqttClientId could not be read."),
+        _("Send clientId|securemode=3,signmethod=hmacsha256,timestamp=...| : the clientId, "
+          "then key=value pairs separated by commas, between two '|'."),
+    ),
+    "client_id_too_long": (
+        _("The clientId before '|' is too long."),
+        _("Use a clientId of at most 64 characters (the device's deviceId is a good choice)."),
+    ),
+    "missing_securemode": (
+        _("The mqttClientId has no securemode."),
+        _("Add securemode=2 (TLS port) or securemode=3 (plain TCP port) to the extension "
+          "parameters."),
+    ),
+    "bad_securemode": (
+        _("The securemode is neither 2 nor 3."),
+        _("Write securemode=2 on the TLS port, securemode=3 on the plain TCP port."),
+    ),
+    "unsupported_signmethod": (
+        _("The signmethod is not one the platform supports."),
+        _("Use signmethod=hmacsha256, hmacsha1 or hmacmd5, and sign with that method."),
+    ),
+    "bad_timestamp": (
+        _("The timestamp is not a number of milliseconds."),
+        _("Write the current time in milliseconds since 1970 (digits only), or leave "
+          "timestamp out."),
+    ),
+    "bad_exclusive": (
+        _("The exclusive parameter is neither true nor false."),
+        _("Write exclusive=true or exclusive=false, or leave it out."),
+    ),
+    "missing_credentials": (
+        _("The CONNECT carried no username or no password."),
+        _("Send mqttUsername (deviceId&productId) and mqttPassword (the signature) with every "
+          "CONNECT."),
+    ),
+    "malformed_username": (
+        _("The mqttUsername is not deviceId&productId."),
+        _("Write the username as deviceId&productId, with exactly one '&'."),
+    ),
+    "unknown_device": (
+        _("No such device in the registry."),
+        _("Check the deviceId and productId in mqttUsername, or register the device first."),
+    ),
+    "wrong_device": (
+        _("The username and the clientId name different devices."),
+        _("Use the same device in mqttUsername and in what the device signs."),
+    ),
+    "bad_signature": (
+        _("The password is not the signature of this device's secret."),
+        _("Sign clientId, deviceId, productId and timestamp (sorted by name) with the device "
+          "secret and the signmethod the mqttClientId names; see the findings below."),
+    ),
+    "securemode_mismatch": (
+        _("The securemode does not match the port the device connected to."),
+        _("Use securemode=2 on the TLS port and securemode=3 on the plain TCP port."),
+    ),
+    "missing_timestamp": (
+        _("This deployment requires a timestamp, and the mqttClientId has none."),
+        _("Add timestamp=<current time in milliseconds> to the extension parameters and sign "
+          "it."),
+    ),
+    "timestamp_out_of_window": (
+        _("The timestamp is too far from the broker's clock."),
+        _("Set the device's clock (NTP) and send the current time in milliseconds."),
+    ),
+    "device_disabled": (
+        _("The device is disabled in the portal."),
+        _("Enable the device on its page; its signature was right."),
+    ),
+    "exclusive_connection": (
+        _("Another connection holds this device in exclusive mode."),
+        _("Wait until that connection ends, or disconnect it; only then can a new one take "
+          "its place."),
+    ),
+    "will_not_supported": (
+        _("The CONNECT asked for a will message, which the platform does not support."),
+        _("Connect without a will (last will and testament)."),
+    ),
+    "reserved_flag": (
+        _("The CONNECT set the reserved flag, which MQTT forbids."),
+        _("Use an MQTT client library that follows MQTT 3.1.1."),
+    ),
+    "unsupported_protocol": (
+        _("This MQTT version is not spoken by the broker."),
+        _("Connect with MQTT 3.1.1 (the embedded broker speaks only 3.1.1)."),
+    ),
+    "registry_unavailable": (
+        _("The broker could not reach the registry."),
+        _("Nothing to change on the device: try again later; an operator should look at the "
+          "broker's log."),
+    ),
+    "not_a_connect": (
+        _("The first packet was not a valid CONNECT."),
+        _("Speak MQTT 3.1.1 from the first byte: the first packet must be a CONNECT."),
+    ),
+}
+
+# Why a session ended: code -> (what happened, what to change or None).
+SESSION_END_TEXT = {
+    "client_disconnect": (_("The device disconnected."), None),
+    "keepalive_timeout": (
+        _("The device sent nothing within 1.5 × its keep-alive."),
+        _("Send PINGREQ within the keep-alive interval, or choose a longer keep-alive."),
+    ),
+    "taken_over": (
+        _("A newer connection of the same device took its place."),
+        _("Only one connection per device lives at a time: give each running copy of the "
+          "device its own deviceId, or stop the other one."),
+    ),
+    "discarded": (
+        _("A newer connection of the same device discarded this session."),
+        _("Only one connection per device lives at a time: stop the other connection."),
+    ),
+    "kicked_disabled": (
+        _("Disconnected: the device was disabled."),
+        _("Enable the device on its page."),
+    ),
+    "kicked_secret_rotated": (
+        _("Disconnected: the device's secret was rotated."),
+        _("Give the device its new secret."),
+    ),
+    "kicked_deleted": (_("Disconnected: the device was deleted."), None),
+    "kicked": (_("Disconnected by the broker's operator."), None),
+    "qos_not_supported": (
+        _("Disconnected: the device published at QoS 2."),
+        _("Publish at QoS 0 or 1."),
+    ),
+    "retain_not_supported": (
+        _("Disconnected: the device published a retained message."),
+        _("Publish without the retain flag."),
+    ),
+    "connection_lost": (
+        _("The connection was lost without a DISCONNECT."),
+        _("Check the device's network; send DISCONNECT before closing on purpose."),
+    ),
+    "broker_shutdown": (_("The broker stopped."), None),
+    "unknown": (_("The session ended for a reason the broker did not name."), None),
+}
+
+CONNECTED_TEXT = (_("Connected."), None)
+REFUSED_OTHER_TEXT = (_("Refused by the broker."), None)
+
+
+def connection_event_text(kind: str, code: str) -> tuple[str, str | None]:
+    """(what happened, what to change or None) for an event, in the active language."""
+    if kind == ConnectionKind.CONNECTED:
+        reason, hint = CONNECTED_TEXT
+    elif kind == ConnectionKind.DISCONNECTED:
+        reason, hint = SESSION_END_TEXT.get(code, SESSION_END_TEXT["unknown"])
+    else:
+        reason, hint = REFUSAL_TEXT.get(code, REFUSED_OTHER_TEXT)
+    return str(reason), (str(hint) if hint is not None else None)

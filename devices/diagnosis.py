@@ -10,6 +10,8 @@ The device secret is used to compute expected passwords and is never part of the
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import hmac
 import re
@@ -112,8 +114,15 @@ def diagnose(
     mqtt_username: str = "",
     mqtt_password: str = "",
     signed_content: str = "",
+    *,
+    transport: str | None = None,
+    now_ms: int | None = None,
 ) -> Diagnosis:
-    """Explain what the broker would make of these fields for ``device``."""
+    """Explain what the broker would make of these fields for ``device``.
+
+    ``transport`` ("tcp" | "tls"), when known (the connection log knows it), adds whether the
+    securemode fits the port; ``now_ms``, the broker's clock at the CONNECT, adds whether the
+    timestamp is hours away from it. The debugger page knows neither and leaves them out."""
     result = Diagnosis()
     product_id, device_id = device.product.product_id, device.device_id
     secret = device.device_secret
@@ -199,6 +208,7 @@ def diagnose(
     if not parsed.signmethod_given:
         result.add(INFO, "signmethod_default",
                    _("No signmethod given, so the broker assumes hmacmd5."), "mqttClientId")
+    _check_transport_and_clock(result, parsed, transport, now_ms)
     if parsed.extras:
         result.add(INFO, "unknown_keys",
                    _("Unknown extension parameters are ignored: %(keys)s")
@@ -244,7 +254,8 @@ def diagnose(
         result.add(ERROR, "not_hex",
                    _("mqttPassword must be the signature as hexadecimal digits (0-9, a-f)."),
                    "mqttPassword")
-    explained = _explain_mismatch(result, parsed, secret, password, client_field)
+    explained = _explain_previous_secret(result, device, parsed, password)
+    explained |= _explain_mismatch(result, parsed, secret, password, client_field)
     explained |= _compare_content(result, parsed, secret, fields["content"], password)
     if not explained:
         rotated = device.secret_rotated_at
@@ -350,21 +361,54 @@ def _explain_mismatch(result, parsed, secret, password, mqtt_client_id) -> bool:
     return explained
 
 
+# Work shared between diagnoses of the same fields in several languages (the connection log
+# renders each finding in English and Chinese): only inside ``shared_work()``, dropped after it.
+_shared = contextvars.ContextVar("diagnosis_shared_work", default=None)
+
+
+@contextlib.contextmanager
+def shared_work():
+    token = _shared.set({})
+    try:
+        yield
+    finally:
+        _shared.reset(token)
+
+
 def _find_signed_timestamp(parsed, secret, password, window_ms=1500) -> str | None:
     """A timestamp near the one sent (read from the clock twice, or seconds for milliseconds)
     that explains the password, or None. A few thousand HMACs: milliseconds of work."""
+    memo = _shared.get()
+    if memo is None:
+        return _search_signed_timestamp(parsed, secret, password, window_ms)
+    key = ("timestamp", parsed.client_id, parsed.product_id, parsed.device_id, parsed.timestamp,
+           parsed.signmethod, secret, password, window_ms)
+    if key not in memo:
+        memo[key] = _search_signed_timestamp(parsed, secret, password, window_ms)
+    return memo[key]
+
+
+def _search_signed_timestamp(parsed, secret, password, window_ms) -> str | None:
+    # The contents that carry a timestamp end with it (signing.signing_content sorts by name), so
+    # each candidate is the two fixed prefixes plus its digits, signed from one keyed HMAC.
     sent = int(parsed.timestamp)
     candidates = [sent // 1000, sent * 1000]
     for delta in range(1, window_ms + 1):
         candidates.extend((sent - delta, sent + delta))
+    keyed = hmac.new(secret.encode("utf-8"), digestmod=signing.SIGN_METHODS[parsed.signmethod])
+    prefixes = [
+        (signing.signing_content(parsed.product_id, parsed.device_id, client_id) + "timestamp")
+        .encode("utf-8")
+        for client_id in (parsed.client_id, None)
+    ]
     for candidate in candidates:
         if candidate < 0:
             continue
-        variant = dataclasses.replace(parsed, timestamp=str(candidate))
-        for content in signing.accepted_contents(variant):
-            if str(candidate) in content and _same(
-                password, signing.sign(secret, content, parsed.signmethod)
-            ):
+        digits = str(candidate).encode("ascii")
+        for prefix in prefixes:
+            signature = keyed.copy()
+            signature.update(prefix + digits)
+            if _same(password, signature.hexdigest()):
                 return str(candidate)
     return None
 
@@ -437,3 +481,63 @@ def _compare_content(result, parsed, secret, content, password) -> bool:
                    % {"canonical": canonical, "pos": (position or 0) + 1}, "content")
         explained = True
     return explained
+
+
+# A timestamp some device SDKs send as a constant: 2050-01-01 00:00:00 UTC in milliseconds.
+SDK_FIXED_TIMESTAMP = "2524608000000"
+# An accepted CONNECT whose timestamp is this far from the broker's clock gets a warning.
+CLOCK_WARNING_MS = 60 * 60 * 1000
+
+
+def clock_findings(timestamp: str | None, now_ms: int | None) -> list[Finding]:
+    """Warnings about a CONNECT's timestamp: an SDK's fixed value, or hours away from the
+    broker's clock (``now_ms``). Also given for accepted CONNECTs, which carry no password."""
+    findings = []
+    if timestamp is None or not timestamp.isdigit():
+        return findings
+    if timestamp == SDK_FIXED_TIMESTAMP:
+        findings.append(Finding(
+            WARNING, "fixed_timestamp",
+            _("The timestamp %(ts)s (the year 2050) looks like a fixed value from an SDK's "
+              "example, not the device's clock: send the current time in milliseconds.")
+            % {"ts": timestamp}, "mqttClientId"))
+    elif now_ms is not None and abs(now_ms - int(timestamp)) > CLOCK_WARNING_MS:
+        hours = abs(now_ms - int(timestamp)) / 3_600_000
+        findings.append(Finding(
+            WARNING, "clock_skew",
+            _("The timestamp is %(hours).1f hours %(direction)s the broker's clock: set the "
+              "device's clock (NTP).")
+            % {"hours": hours,
+               "direction": _("ahead of") if int(timestamp) > now_ms else _("behind")},
+            "mqttClientId"))
+    return findings
+
+
+def _check_transport_and_clock(result, parsed, transport, now_ms):
+    if transport is not None:
+        expected = signing.TRANSPORT_FOR_SECURE_MODE[parsed.securemode]
+        if transport != expected:
+            result.add(
+                ERROR, "securemode_mismatch",
+                _("securemode=%(mode)d means %(expected)s, but the device connected to the "
+                  "%(port)s port: use securemode=%(right)d there, or connect to the %(expected)s "
+                  "port.")
+                % {"mode": parsed.securemode, "expected": expected.upper(),
+                   "port": _("plain TCP") if transport == "tcp" else "TLS",
+                   "right": signing.SECURE_MODE_TLS if transport == "tls" else signing.SECURE_MODE_TCP},
+                "mqttClientId")
+    result.findings.extend(clock_findings(parsed.timestamp, now_ms))
+
+
+def _explain_previous_secret(result, device, parsed, password) -> bool:
+    previous = getattr(device, "previous_secret", "")
+    if not previous or not signing.password_matches(parsed, previous, password):
+        return False
+    rotated = device.secret_rotated_at
+    result.add(
+        ERROR, "previous_secret",
+        _("The password is right for the previous secret (rotated at %(when)s): give the device "
+          "its new secret.")
+        % {"when": rotated.strftime("%Y-%m-%d %H:%M UTC") if rotated else "?"},
+        "mqttPassword")
+    return True

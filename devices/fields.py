@@ -60,3 +60,15 @@ class EncryptedSecretField(models.TextField):
         if value is None or value == "":
             return value
         return encrypt_secret(value)
+
+
+class PreviousSecretField(EncryptedSecretField):
+    """A device's secret before its last rotation, only to tell a device "you still sign with
+    the old secret". Unreadable (its key removed from PORTAL_SECRETS_KEY) reads as "": losing it
+    costs one hint, never a page."""
+
+    def from_db_value(self, value, expression, connection):
+        try:
+            return super().from_db_value(value, expression, connection)
+        except ImproperlyConfigured:
+            return ""

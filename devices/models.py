@@ -17,12 +17,14 @@ from . import signing
 from .choices import (
     BatchSource,
     CheckStatus,
+    ConnectionBroker,
+    ConnectionKind,
     DeviceStatus,
     Outcome,
     Permission,
     outcome_text,
 )
-from .fields import EncryptedSecretField
+from .fields import EncryptedSecretField, PreviousSecretField
 from .options import ConnectionOptions, OptionError
 
 SECRET_ALPHABET = string.ascii_letters + string.digits
@@ -176,6 +178,9 @@ class Device(models.Model):
     last_online_at = models.DateTimeField(_("last online"), null=True, blank=True)
     first_activated_at = models.DateTimeField(_("first activation"), null=True, blank=True)
     secret_rotated_at = models.DateTimeField(_("secret rotated"), null=True, blank=True)
+    # The secret before the last rotation (encrypted), so that the connection log and the
+    # signature debugger can say "this password is right for the previous secret".
+    previous_secret = PreviousSecretField(_("previous secret"), blank=True, default="")
     batch = models.ForeignKey(
         "RegistrationBatch",
         on_delete=models.SET_NULL,
@@ -289,9 +294,12 @@ class Device(models.Model):
 
     def rotate_secret(self, actor=None, new_secret: str | None = None) -> str:
         """Give the device a new secret (audited). The device is refused until it has it."""
+        self.previous_secret = self.device_secret
         self.device_secret = new_secret or generate_device_secret()
         self.secret_rotated_at = timezone.now()
-        self.save(update_fields=["device_secret", "secret_rotated_at", "updated_at"])
+        self.save(
+            update_fields=["device_secret", "previous_secret", "secret_rotated_at", "updated_at"]
+        )
         AuditEvent.record(AuditEvent.Action.ROTATE_SECRET, actor, [self])
         from .emqx import queue_kicks
 
@@ -364,7 +372,10 @@ class BrokerSessionQuerySet(models.QuerySet):
             session.broker_client_id = _db_text(broker_client_id, 255)
         session.save(update_fields=["connected_at", "peername", "broker_client_id"])
         newest = self.connected().filter(username=username).order_by("-connected_at", "-pk").first()
-        self.connected().filter(username=username).exclude(pk=newest.pk).delete()
+        older = self.connected().filter(username=username).exclude(pk=newest.pk)
+        # The connections the newest replaced (EMQX takes them over): the hook logs their end.
+        session.replaced = list(older) if newest.pk == session.pk else []
+        older.delete()
         return session
 
     def mark_disconnected(self, username, peername, when):
@@ -764,4 +775,104 @@ class ConnectionCheck(models.Model):
             "queuedAt": self.queued_at.isoformat() if self.queued_at else None,
             "startedAt": self.started_at.isoformat() if self.started_at else None,
             "finishedAt": self.finished_at.isoformat() if self.finished_at else None,
+        }
+
+
+class ConnectionEvent(models.Model):
+    """One CONNECT outcome or end of a session as a broker saw it (devices.connection_log writes
+    them). Identical events within a minute are one row with a ``count``. Never a password or a
+    secret: ``findings`` are the diagnosis's words, rendered in English and Chinese when the
+    event was recorded."""
+
+    product = models.ForeignKey(
+        Product, on_delete=models.CASCADE, null=True, blank=True, related_name="connection_events"
+    )
+    device = models.ForeignKey(
+        Device, on_delete=models.CASCADE, null=True, blank=True, related_name="connection_events"
+    )
+    first_at = models.DateTimeField(_("first"))
+    last_at = models.DateTimeField(_("last"))
+    kind = models.CharField(_("kind"), max_length=16, choices=ConnectionKind.choices)
+    broker = models.CharField(_("broker"), max_length=16, choices=ConnectionBroker.choices)
+    peer = models.CharField(_("peer"), max_length=100, blank=True)
+    peer_host = models.CharField(max_length=100, blank=True, editable=False)
+    transport = models.CharField(_("transport"), max_length=8, blank=True)
+    protocol = models.CharField(_("MQTT version"), max_length=16, blank=True)
+    client_id = models.CharField(_("clientId"), max_length=200, blank=True)
+    # The deviceId the username named (for attempts of unknown devices, shown on the product).
+    named_device_id = models.CharField(_("deviceId named"), max_length=64, blank=True)
+    connack = models.IntegerField(_("CONNACK"), null=True, blank=True)
+    code = models.CharField(_("code"), max_length=40)
+    findings = models.JSONField(_("findings"), default=list, blank=True)
+    count = models.PositiveIntegerField(_("count"), default=1)
+    session_seconds = models.PositiveIntegerField(_("session (s)"), null=True, blank=True)
+    taker_peer = models.CharField(_("taken over by (peer)"), max_length=100, blank=True)
+    taker_client_id = models.CharField(_("taken over by (clientId)"), max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["-last_at", "-id"]
+        indexes = [
+            models.Index(fields=["device", "-last_at"], name="connevent_device_last_idx"),
+            models.Index(fields=["product", "-last_at"], name="connevent_product_last_idx"),
+            models.Index(fields=["last_at"], name="connevent_last_idx"),
+        ]
+        verbose_name = _("connection event")
+        verbose_name_plural = _("connection events")
+
+    def __str__(self):
+        return f"{self.kind} {self.code} ×{self.count}"
+
+    @property
+    def text(self):
+        from .choices import connection_event_text
+
+        return connection_event_text(self.kind, self.code)
+
+    @property
+    def reason(self):
+        return self.text[0]
+
+    def localized_findings(self, language=None):
+        """[(level, code, message)] in ``language`` (the active one by default; zh* → zh)."""
+        from django.utils import translation
+
+        language = language or translation.get_language() or "en"
+        key = "zh" if language.lower().startswith("zh") else "en"
+        return [(f.get("level"), f.get("code"), f.get(key) or f.get("en")) for f in self.findings]
+
+    @property
+    def hint(self):
+        """What to change: the diagnosis's errors when it found some, else the words of the code;
+        then its warnings (a clock hours away, an SDK's fixed timestamp)."""
+        findings = self.localized_findings()
+        errors = [m for level, _code, m in findings if level == "error"]
+        warnings = [m for level, _code, m in findings if level == "warning"]
+        parts = errors or ([self.text[1]] if self.text[1] else [])
+        return " ".join(parts + warnings) or None
+
+    def to_dict(self):
+        return {
+            "id": self.pk,
+            "at": self.last_at.isoformat(),
+            "firstAt": self.first_at.isoformat(),
+            "kind": self.kind,
+            "broker": self.broker,
+            "clientId": self.client_id,
+            "peer": self.peer,
+            "transport": self.transport or None,
+            "protocol": self.protocol or None,
+            "connack": self.connack,
+            "code": self.code,
+            "reason": self.reason,
+            "hint": self.hint,
+            "findings": [
+                {"level": level, "code": code, "message": message}
+                for level, code, message in self.localized_findings()
+            ],
+            "count": self.count,
+            "sessionSeconds": self.session_seconds,
+            "takenOverBy": (
+                {"peer": self.taker_peer, "clientId": self.taker_client_id}
+                if self.taker_peer or self.taker_client_id else None
+            ),
         }

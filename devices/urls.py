@@ -11,5 +11,6 @@ urlpatterns = [
     path(DEVICE + "mqtt-params", api.mqtt_params, name="api-mqtt-params"),
     path(DEVICE + "kit", api.device_kit, name="api-device-kit"),
     path(DEVICE + "checks", api.device_checks, name="api-device-checks"),
+    path(DEVICE + "connections", api.device_connections, name="api-device-connections"),
     path("checks/<int:check_id>", api.check_detail, name="api-check"),
 ]

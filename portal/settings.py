@@ -293,6 +293,13 @@ EMQX_API_TIMEOUT = env_int("PORTAL_EMQX_API_TIMEOUT", 5, minimum=1)
 CHECK_STEP_TIMEOUT = env_int("PORTAL_CHECK_TIMEOUT", 5, minimum=1)
 CHECK_RETENTION_DAYS = env_int("PORTAL_CHECK_RETENTION_DAYS", 30, minimum=1)
 
+# The connection log (devices.connection_log): on unless PORTAL_CONNECTION_LOG=0; events older
+# than PORTAL_CONNECTION_LOG_DAYS go with `python manage.py prunechecks`. A process that records
+# writes its buffer from a background thread (tests write it themselves with flush()).
+CONNECTION_LOG = env_bool("PORTAL_CONNECTION_LOG", True)
+CONNECTION_LOG_DAYS = env_int("PORTAL_CONNECTION_LOG_DAYS", 7, minimum=1)
+CONNECTION_LOG_BACKGROUND = True
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -200,10 +200,13 @@ class Emqx:
         if name == "client.connected":
             body = {"event": name, "clientid": info["clientid"], "username": info["username"],
                     "peername": session.peername, "sockname": "0.0.0.0:1883",
+                    "proto_name": "MQTT", "proto_ver": 4,
                     "connected_at": session.connected_at, "timestamp": now}
         else:
+            # EMQX's client.disconnected carries no connected_at (emqx_rule_events.erl).
             body = {"event": name, "clientid": info["clientid"], "username": info["username"],
                     "peername": session.peername, "sockname": "0.0.0.0:1883",
+                    "proto_name": "MQTT", "proto_ver": 4,
                     "reason": reason, "disconnected_at": now, "timestamp": now}
         action = self.config.get(f"actions.http.{rule['actions'][0].split(':', 1)[1]}")
         connector = self.config.get(f"connectors.http.{action['connector']}")

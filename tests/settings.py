@@ -41,3 +41,6 @@ STORAGES = {
 # waits 20 s), in the test process and in the subprocesses they start.
 if os.environ.get("PORTAL_TEST_SQLITE_TIMEOUT") and "timeout" in DATABASES["default"].get("OPTIONS", {}):  # noqa: F405
     DATABASES["default"]["OPTIONS"]["timeout"] = float(os.environ["PORTAL_TEST_SQLITE_TIMEOUT"])  # noqa: F405
+# The connection log's buffer is written by the test (connection_log.flush()), inside its
+# transaction; a broker started by a test runs its own flush thread (PortalBroker.start).
+CONNECTION_LOG_BACKGROUND = False

@@ -60,7 +60,9 @@ def world(settings, product, device, owner, member, staff_without_secrets, outsi
         AccessFailureLog.objects.create(username="alice", ip_address="127.0.0.1"),
         AccessLog.objects.create(username="alice", ip_address="127.0.0.1"),
     ]
-    from devices.models import BrokerSession, PendingKick
+    from django.utils import timezone
+
+    from devices.models import BrokerSession, ConnectionEvent, PendingKick
 
     emqx_records = [
         BrokerSession.objects.create(
@@ -69,6 +71,10 @@ def world(settings, product, device, owner, member, staff_without_secrets, outsi
         ),
         PendingKick.objects.create(client_id=f"{device.device_id}&{product.product_id}",
                                    reason="disabled"),
+        # The staff-only log lists attempts that name no product.
+        ConnectionEvent.objects.create(first_at=timezone.now(), last_at=timezone.now(),
+                                       kind="refused", broker="embedded", code="malformed_username",
+                                       peer="192.0.2.1:5000", client_id="x", connack=4),
     ]
     objects = {
         obj._meta.model: obj

@@ -1,10 +1,12 @@
 """Delete finished connection checks older than the retention (PORTAL_CHECK_RETENTION_DAYS), and
-the background worker's finished task rows with them (django_tasks_db keeps them for ever)."""
+the background worker's finished task rows with them (django_tasks_db keeps them for ever), and
+connection log events older than PORTAL_CONNECTION_LOG_DAYS."""
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.utils import timezone
 
+from devices import connection_log
 from devices.models import CheckStatus, ConnectionCheck
 from devices.task_results import prune_task_rows, settle_task_rows
 
@@ -13,7 +15,8 @@ class Command(BaseCommand):
     help = (
         "Delete finished connection checks and finished background task rows older than "
         "PORTAL_CHECK_RETENTION_DAYS days (queued and running ones are never deleted; those of "
-        "dead workers are failed first). Run it daily, e.g. from cron."
+        "dead workers are failed first), and connection log events older than "
+        "PORTAL_CONNECTION_LOG_DAYS days. Run it daily, e.g. from cron."
     )
 
     def add_arguments(self, parser):
@@ -35,6 +38,7 @@ class Command(BaseCommand):
         old = ConnectionCheck.objects.filter(
             status__in=[CheckStatus.SUCCEEDED, CheckStatus.FAILED], finished_at__lt=cutoff
         )
+        log_days = settings.CONNECTION_LOG_DAYS
         if dry_run:
             self.stdout.write(f"{old.count()} connection checks older than {days} days would be deleted.")
             self.stdout.write(
@@ -46,3 +50,5 @@ class Command(BaseCommand):
         self.stdout.write(f"Deleted {deleted} connection checks older than {days} days.")
         tasks = prune_task_rows(cutoff)
         self.stdout.write(f"Deleted {tasks} finished task rows older than {days} days.")
+        events = connection_log.prune(log_days)
+        self.stdout.write(f"Deleted {events} connection log events older than {log_days} days.")

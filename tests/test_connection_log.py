@@ -1,0 +1,192 @@
+"""The connection log's recorder (devices.connection_log): folding, bounds, retention, the
+diagnosis it stores, and the words every code has. The broker paths are in
+tests/test_connection_log_broker.py, the EMQX path in tests/test_connection_log_emqx.py."""
+
+import io
+from datetime import timedelta
+
+import pytest
+from django.core.management import call_command
+from django.utils import timezone
+
+from devices import connection_log, signing
+from devices.choices import REFUSAL_TEXT, REFUSALS, SESSION_END_TEXT
+from devices.models import ConnectionEvent
+
+SECRET = "Xk9fPq2LmN7rT4vW8yZ1aB3cD5eF6gH0"  # the conftest device's
+
+
+@pytest.fixture(autouse=True)
+def empty_buffer(db):
+    connection_log.flush()
+    yield
+    connection_log.flush()
+
+
+def client_id(**extra):
+    params = {"securemode": "3", "signmethod": "hmacsha256", **extra}
+    return "dev-1|" + ",".join(f"{k}={v}" for k, v in params.items()) + "|"
+
+
+def refuse(code="bad_signature", password="0" * 64, peer="192.0.2.7:50001", **fields):
+    connection_log.record(
+        "refused", broker="embedded", code=code, connack=REFUSALS[code].connack, peer=peer,
+        transport="tcp", protocol="3.1.1", mqtt_client_id=fields.pop("mqtt_client_id", client_id()),
+        username=fields.pop("username", "sensor-001&a1B2c3D4e5F"), password=password, **fields,
+    )
+
+
+def test_every_refusal_code_has_a_reason_and_a_hint_in_both_languages():
+    from django.utils import translation
+
+    def both(text):
+        with translation.override("en"):
+            english = str(text)
+        with translation.override("zh-hans"):
+            return english, str(text)
+
+    for code in REFUSALS:
+        for text in REFUSAL_TEXT[code]:
+            english, chinese = both(text)
+            assert english and chinese != english, f"{code}: no Chinese for {english!r}"
+    for code, texts in SESSION_END_TEXT.items():
+        for text in texts:
+            if text is not None:
+                english, chinese = both(text)
+                assert chinese != english, f"{code}: no Chinese for {english!r}"
+
+
+def test_a_thousand_identical_refusals_fold_into_one_row(device):
+    for _ in range(1000):
+        refuse(peer=f"192.0.2.7:{50000 + _ % 7}")  # the port left out of the comparison
+    assert connection_log.flush() == 1000
+    rows = list(ConnectionEvent.objects.filter(device=device))
+    assert [(r.kind, r.code, r.count) for r in rows] == [("refused", "bad_signature", 1000)]
+
+
+def test_refusals_fold_against_the_newest_row_in_the_database(device):
+    for _ in range(3):
+        refuse()
+        connection_log.flush()
+    assert list(ConnectionEvent.objects.values_list("count", flat=True)) == [3]
+
+
+def test_different_hosts_codes_or_client_ids_do_not_fold(device):
+    refuse(peer="192.0.2.7:1")
+    refuse(peer="192.0.2.8:1")
+    refuse(code="device_disabled")
+    refuse(mqtt_client_id="other|securemode=3|")
+    connection_log.flush()
+    assert ConnectionEvent.objects.filter(device=device).count() == 4
+
+
+def test_an_event_a_minute_after_the_first_starts_a_new_row(device):
+    start = timezone.now() - timedelta(minutes=5)
+    refuse(at=start)
+    refuse(at=start + timedelta(seconds=30))
+    refuse(at=start + timedelta(seconds=61))
+    connection_log.flush()
+    assert sorted(ConnectionEvent.objects.values_list("count", flat=True)) == [1, 2]
+
+
+def test_at_most_500_events_are_kept_per_device(device):
+    start = timezone.now() - timedelta(hours=1)
+    for index in range(520):
+        refuse(peer=f"198.51.100.{index % 250}:1", mqtt_client_id=client_id(n=index),
+               at=start + timedelta(seconds=index))
+    connection_log.flush()
+    kept = ConnectionEvent.objects.filter(device=device)
+    assert kept.count() == 500
+    oldest = kept.order_by("last_at").first()
+    assert oldest.last_at == start + timedelta(seconds=20)  # the 20 oldest went
+
+
+def test_prunechecks_deletes_events_older_than_the_retention(device, settings):
+    settings.CONNECTION_LOG_DAYS = 7
+    now = timezone.now()
+    refuse(at=now - timedelta(days=8))
+    refuse(code="device_disabled", at=now - timedelta(days=6))
+    connection_log.flush()
+    call_command("prunechecks", stdout=io.StringIO())
+    assert list(ConnectionEvent.objects.values_list("code", flat=True)) == ["device_disabled"]
+
+
+def test_recording_can_be_turned_off(device, settings):
+    settings.CONNECTION_LOG = False
+    refuse()
+    assert connection_log.flush() == 0
+    assert not ConnectionEvent.objects.exists()
+
+
+def test_an_unknown_device_of_a_known_product_is_logged_on_the_product(product):
+    refuse(code="unknown_device", username="ghost&a1B2c3D4e5F")
+    refuse(code="unknown_device", username="ghost&no-such-product")
+    refuse(code="malformed_username", username="garbage")
+    connection_log.flush()
+    on_product = ConnectionEvent.objects.get(product=product)
+    assert on_product.device is None and on_product.code == "unknown_device"
+    assert ConnectionEvent.objects.filter(product=None, device=None).count() == 2
+
+
+def test_a_wrong_sign_method_is_diagnosed_in_both_languages(device):
+    from django.utils import translation
+
+    mqtt_client_id = client_id(timestamp="1732500000123")
+    parsed = signing.parse_connect(mqtt_client_id, "sensor-001&a1B2c3D4e5F")
+    # The device signs with hmacsha1 while its mqttClientId says hmacsha256.
+    content = signing.accepted_contents(parsed)[0]
+    password = signing.sign(SECRET, content, "hmacsha1")
+    refuse(mqtt_client_id=mqtt_client_id, password=password)
+    connection_log.flush()
+    event = ConnectionEvent.objects.get(device=device)
+    codes = [f["code"] for f in event.findings]
+    assert "signed_with_other_method" in codes
+    assert "hmacsha1" in event.hint
+    with translation.override("zh-hans"):
+        assert event.reason == "密码不是该设备密钥的签名。"
+        assert any("hmacsha1" in m and "密钥无误" in m for _l, _c, m in event.localized_findings())
+
+
+def test_the_previous_secret_is_named_after_a_rotation(device):
+    old = device.device_secret
+    device.rotate_secret()
+    mqtt_client_id = client_id()
+    parsed = signing.parse_connect(mqtt_client_id, "sensor-001&a1B2c3D4e5F")
+    password = signing.sign(old, signing.accepted_contents(parsed)[0], "hmacsha256")
+    refuse(mqtt_client_id=mqtt_client_id, password=password)
+    connection_log.flush()
+    event = ConnectionEvent.objects.get(device=device)
+    assert [f["code"] for f in event.findings if f["level"] == "error"] == ["previous_secret"]
+    assert "previous secret" in event.hint
+
+
+def test_securemode_2_on_the_plain_port_and_a_fixed_2050_timestamp_are_named(device):
+    mqtt_client_id = client_id(securemode="2", timestamp="2524608000000")
+    params = signing.parse_connect(mqtt_client_id, "sensor-001&a1B2c3D4e5F")
+    password = signing.sign(SECRET, signing.accepted_contents(params)[0], "hmacsha256")
+    refuse(code="securemode_mismatch", mqtt_client_id=mqtt_client_id, password=password)
+    connection_log.flush()
+    findings = {f["code"]: f for f in ConnectionEvent.objects.get(device=device).findings}
+    assert findings["securemode_mismatch"]["level"] == "error"
+    assert "plain TCP" in findings["securemode_mismatch"]["en"]
+    assert "2050" in findings["fixed_timestamp"]["en"]
+    assert "2050" in findings["fixed_timestamp"]["zh"]
+
+
+def test_an_accepted_connect_hours_away_from_the_clock_carries_a_warning(device):
+    hours_ago = str(signing.now_ms() - 5 * 3_600_000)
+    connection_log.record("connected", broker="embedded", code="accepted", connack=0,
+                          mqtt_client_id=client_id(timestamp=hours_ago),
+                          product_id="a1B2c3D4e5F", device_id="sensor-001")
+    connection_log.flush()
+    event = ConnectionEvent.objects.get(device=device)
+    assert [f["code"] for f in event.findings] == ["clock_skew"]
+    assert "5.0 hours behind" in event.hint
+
+
+def test_the_password_is_never_stored(device):
+    wrong = "deadbeef" * 8
+    refuse(password=wrong)
+    connection_log.flush()
+    for row in ConnectionEvent.objects.values():
+        assert wrong not in repr(row) and SECRET not in repr(row)
