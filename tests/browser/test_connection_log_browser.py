@@ -1,4 +1,3 @@
-# ruff: noqa: F811 (fixtures imported from other test modules are used as arguments)
 """The device page's connection log in Chromium: a real device's refusal appears within 2 s
 without a reload, with the sentence that says what to change; a folded repeat updates its count."""
 
@@ -8,8 +7,8 @@ import pytest
 from playwright.sync_api import expect
 
 from devices import signing
-from tests.broker_fixtures import MqttTestClient, _mqtt_broker_process, mqtt_broker  # noqa: F401
-from tests.browser.conftest import log_in, screenshot
+from tests.broker_fixtures import MqttTestClient
+from tests.browser.pages import log_in, screenshot
 
 pytestmark = [pytest.mark.browser, pytest.mark.broker]
 
