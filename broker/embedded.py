@@ -48,8 +48,8 @@ from amqtt.plugins.base import BaseTopicPlugin
 from amqtt.session import Session
 from django.db import close_old_connections
 
-from devices import connection_log
-from devices.choices import ConnectionBroker, ConnectionKind, refusal
+from devices import connection_log, message_trace
+from devices.choices import ConnectionBroker, ConnectionKind, SendResult, TraceDirection, refusal
 from devices.logsafe import MAX_TEXT_CHARS, shown
 
 from . import verifier
@@ -91,6 +91,9 @@ class DeviceConnection:
     peer: str = ""
     saw_disconnect: bool = False
     connected_at: float = field(default_factory=time.monotonic)
+    # The running trace of this device (devices.message_trace), set by the broker's trace watch;
+    # None: its messages cost nothing more than reading this.
+    trace_id: int | None = None
 
     @property
     def key(self):
@@ -154,6 +157,30 @@ class PortalProtocolHandler(BrokerProtocolHandler):
         if conn is not None and disconnect is not None:
             conn.saw_disconnect = True  # a DISCONNECT packet, not a lost connection
         await super().handle_disconnect(disconnect)
+
+
+class TracingProtocolHandler(PortalProtocolHandler):
+    """The handler when the message trace is on: a traced connection's publishes and deliveries
+    go to the trace's buffer (devices.message_trace.record, no database work); an untraced one's
+    cost one attribute read."""
+
+    async def handle_publish(self, publish_packet) -> None:
+        conn = self.connection()
+        if conn is not None and conn.trace_id is not None:
+            verdict = verifier.authorize_topic(
+                conn.product_id, conn.device_id, "publish", publish_packet.topic_name or "",
+                publish_packet.qos or 0, bool(publish_packet.retain_flag),
+            )
+            message_trace.record(conn.trace_id, TraceDirection.FROM_DEVICE,
+                                 publish_packet.topic_name or "", publish_packet.qos or 0,
+                                 publish_packet.data, refused=not verdict.allowed)
+        await super().handle_publish(publish_packet)
+
+    async def mqtt_publish(self, topic, data, qos, retain, ack_timeout=None):
+        conn = self.connection()
+        if conn is not None and conn.trace_id is not None:
+            message_trace.record(conn.trace_id, TraceDirection.TO_DEVICE, topic, qos or 0, data)
+        return await super().mqtt_publish(topic, data, qos, retain, ack_timeout)
 
 
 class DeviceTopicPlugin(BaseTopicPlugin):
@@ -252,6 +279,15 @@ class PortalBroker(Broker):
         self._status_waiting = asyncio.Event()
         self._watch_task: asyncio.Task | None = None
         self._status_task: asyncio.Task | None = None
+        # Message trace and send to device (devices.message_trace): the running traces
+        # (device pk → trace pk), subscription changes to write (device pk → filters | None),
+        # and the sends being delivered.
+        self.tracing = message_trace.enabled()
+        self._handler_class = TracingProtocolHandler if self.tracing else PortalProtocolHandler
+        self._traced: dict[int, int] = {}
+        self._pending_subscriptions: dict[int, list | None] = {}
+        self._sending: set[int] = set()
+        self._trace_tasks: list[asyncio.Task] = []
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -263,9 +299,14 @@ class PortalBroker(Broker):
         await super().start()
         self._watch_task = asyncio.create_task(self._watch_devices())
         self._status_task = asyncio.create_task(self._write_status_batches())
+        if self.tracing:
+            message_trace.start()
+            await self._db(self._status_pool, message_trace.clear_subscriptions)
+            self._trace_tasks = [asyncio.create_task(self._watch_traces()),
+                                 asyncio.create_task(self._watch_outbox())]
 
     async def shutdown(self) -> None:
-        for task in (self._watch_task, self._status_task):
+        for task in (self._watch_task, self._status_task, *self._trace_tasks):
             if task:
                 task.cancel()
         for conn in list(self.live.values()):
@@ -279,6 +320,9 @@ class PortalBroker(Broker):
                          len(self._pending_status))
         try:
             await self._db(self._status_pool, connection_log.flush)
+            if self.tracing:
+                await self._db(self._status_pool, message_trace.flush)
+                await self._db(self._status_pool, message_trace.clear_subscriptions)
         except Exception as error:  # the log is not worth a failed shutdown
             logger.error("Could not write the connection log at shutdown: %s", type(error).__name__)
         self._auth_pool.shutdown(wait=False)
@@ -327,6 +371,7 @@ class PortalBroker(Broker):
         while True:
             await self._status_waiting.wait()
             self._status_waiting.clear()
+            await self._flush_subscriptions()
             if await self._flush_status():
                 await asyncio.sleep(STATUS_BATCH_S)
             else:
@@ -358,6 +403,94 @@ class PortalBroker(Broker):
                 else:
                     continue
                 await conn.close(reason, code)
+
+    # -- message trace, subscriptions and send to device (devices.message_trace) -------------
+
+    async def _watch_traces(self) -> None:
+        """Keep ``_traced`` and every live connection's ``trace_id`` current (≤ TRACE_REFRESH_S)."""
+        while True:
+            try:
+                self._traced = await self._db(self._auth_pool, message_trace.running_traces)
+            except Exception as error:  # the registry may be briefly unavailable
+                logger.error("Could not read the running message traces: %s", error)
+            for conn in list(self.live.values()):
+                conn.trace_id = self._traced.get(conn.device_pk)
+            await asyncio.sleep(message_trace.TRACE_REFRESH_S)
+
+    def session_subscriptions(self, session: Session) -> list[list]:
+        return [[topic_filter, qos] for topic_filter, subscribers in self._subscriptions.items()
+                for subscriber, qos in subscribers if subscriber is session]
+
+    def _note_subscriptions(self, conn: DeviceConnection | None, filters: list | None) -> None:
+        if self.tracing and conn is not None:
+            self._pending_subscriptions[conn.device_pk] = filters
+            self._status_waiting.set()
+
+    async def _flush_subscriptions(self) -> None:
+        pending, self._pending_subscriptions = self._pending_subscriptions, {}
+        if not pending:
+            return
+        try:
+            await self._db(self._status_pool, message_trace.write_subscriptions, pending)
+        except Exception as error:  # shown on a page only; the next change writes it again
+            logger.error("Could not record the subscriptions of %d device(s): %s", len(pending), error)
+
+    async def _handle_subscription(self, client_session, handler, subscribe_waiter) -> None:
+        await super()._handle_subscription(client_session, handler, subscribe_waiter)
+        conn = client_session.attributes.get(SESSION_KEY)
+        self._note_subscriptions(conn, self.session_subscriptions(client_session))
+
+    async def _handle_unsubscription(self, client_session, handler, unsubscribe_waiter) -> None:
+        await super()._handle_unsubscription(client_session, handler, unsubscribe_waiter)
+        conn = client_session.attributes.get(SESSION_KEY)
+        self._note_subscriptions(conn, self.session_subscriptions(client_session))
+
+    async def _watch_outbox(self) -> None:
+        """Deliver the messages people send to devices (DeviceMessage rows), within OUTBOX_POLL_S."""
+        while True:
+            await asyncio.sleep(message_trace.OUTBOX_POLL_S)
+            try:
+                due = await self._db(self._auth_pool, message_trace.due_sends, set(self._sending))
+            except Exception as error:
+                logger.error("Could not read the messages to send: %s", error)
+                continue
+            for row in due:
+                self._sending.add(row[0])
+                asyncio.create_task(self._deliver(*row))
+
+    async def _deliver(self, pk: int, device_pk: int, topic: str, data: bytes, qos: int) -> None:
+        try:
+            result, filters = await self.deliver_to_device(device_pk, topic, data, qos)
+            await self._db(self._auth_pool, message_trace.answer_send, pk, result, filters)
+        except Exception as error:
+            logger.error("Could not send message %s: %s", pk, shown(error, MAX_TEXT_CHARS))
+        finally:
+            self._sending.discard(pk)
+
+    async def deliver_to_device(self, device_pk: int, topic: str, data: bytes, qos: int):
+        """(SendResult, the device's subscriptions): publish through the device's own
+        connection only, at the lower of the asked QoS and its subscription's; QoS 1 waits for
+        the device's PUBACK."""
+        conn = next((c for c in self.live.values() if c.device_pk == device_pk), None)
+        handler = conn.handler if conn is not None else None
+        if conn is None or conn.closing_reason is not None or handler is None or handler.session is None:
+            return SendResult.NOT_CONNECTED, []
+        filters = self.session_subscriptions(handler.session)
+        matching = [granted for topic_filter, granted in filters if self._matches(topic, topic_filter)]
+        if not matching:
+            return SendResult.NO_SUBSCRIPTION, filters
+        qos = min(qos, max(matching))
+        try:
+            await handler.mqtt_publish(topic, data, qos, False, ack_timeout=message_trace.PUBACK_WAIT_S)
+        except TimeoutError:
+            logger.warning("%s sent no PUBACK within %.0f s for a message from the portal",
+                           conn.name, message_trace.PUBACK_WAIT_S)
+            return SendResult.SENT, filters
+        except (AMQTTError, ConnectionError) as error:
+            logger.info("Could not send to %s: %s", conn.name, shown(error, MAX_TEXT_CHARS))
+            return SendResult.NOT_CONNECTED, filters
+        logger.info("Sent a message from the portal to %s on %r (QoS %d)", conn.name, shown(topic), qos)
+        return (SendResult.ACKNOWLEDGED if qos == 1 else SendResult.SENT), filters
 
     # -- one connection ---------------------------------------------------------------------
 
@@ -515,7 +648,9 @@ class PortalBroker(Broker):
             keep_alive = connect.variable_header.keep_alive
             session.keep_alive = (keep_alive + (keep_alive + 1) // 2) if keep_alive > 0 else 0
             session.attributes[SESSION_KEY] = conn
-            handler = PortalProtocolHandler(self.plugins_manager, loop=self._loop)
+            conn.trace_id = self._traced.get(conn.device_pk)
+            self._note_subscriptions(conn, None)  # a new connection starts without any
+            handler = self._handler_class(self.plugins_manager, loop=self._loop)
             conn.handler = handler
             handler.attach(session, reader, writer)
             self._sessions[conn.session_id] = (session, handler)
@@ -543,6 +678,7 @@ class PortalBroker(Broker):
             if self.live.get(conn.key) is conn:
                 del self.live[conn.key]
                 self._status(conn, online=False)
+                self._note_subscriptions(conn, None)
             if accepted:
                 self._log_end(conn)
             logger.info("%s (clientId %r) disconnected%s", conn.name, shown(conn.client_id),

@@ -26,6 +26,7 @@ from django.conf import settings
 
 from devices import signing
 from devices.choices import TOPIC_ACTIONS, TRANSPORTS, Refusal, refusal
+from devices.topics import topic_allowed, topic_spaces  # noqa: F401 (the topic rule, named here too)
 
 ACTIONS = TOPIC_ACTIONS
 
@@ -201,25 +202,6 @@ def verify_connect(
 def connack_code(verdict: ConnectVerdict) -> int:
     """The MQTT 3.1.1 CONNACK return code for a verdict."""
     return verdict.connack
-
-
-def topic_spaces(product_id: str, device_id: str) -> tuple[str, str]:
-    """The two topic prefixes a device owns (spec §4, decision)."""
-    return (f"/sys/{product_id}/{device_id}", f"/{product_id}/{device_id}")
-
-
-def topic_allowed(product_id: str, device_id: str, topic: str) -> bool:
-    """Whether a topic (publish) or topic filter (subscribe) lies inside the device's space.
-
-    Inside means: the prefix itself, or anything below it. Wildcards are allowed only below
-    the prefix, so ``/pk/dev/#`` is inside but ``/pk/+/x`` and ``#`` are not.
-    """
-    if not isinstance(topic, str) or topic == "":
-        return False
-    for prefix in topic_spaces(product_id, device_id):
-        if topic == prefix or topic.startswith(prefix + "/"):
-            return True
-    return False
 
 
 def publish_refusal(qos: int, retain: bool) -> str | None:

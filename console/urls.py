@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from . import check_views, views
+from . import check_views, message_views, views
 
 DEVICE = "products/<str:product_id>/devices/<str:device_id>/"
 
@@ -17,5 +17,8 @@ urlpatterns = [
     path(DEVICE + "enabled/", views.device_set_enabled, name="device-set-enabled"),
     path(DEVICE + "debugger/", views.device_debugger, name="device-debugger"),
     path(DEVICE + "checks/", check_views.device_run_check, name="device-run-check"),
+    path(DEVICE + "trace/start/", message_views.device_start_trace, name="device-start-trace"),
+    path(DEVICE + "trace/stop/", message_views.device_stop_trace, name="device-stop-trace"),
+    path(DEVICE + "messages/", message_views.device_send_message, name="device-send-message"),
     path("tls/ca.pem", views.ca_certificate, name="ca-certificate"),
 ]

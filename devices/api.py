@@ -366,3 +366,119 @@ def openapi_description(request):
     A document, not code: tests/test_openapi.py keeps its enums and patterns equal to the
     constants the code decides with, so neither can drift from the other."""
     return HttpResponse(OPENAPI_DOCUMENT.read_bytes(), content_type="application/json")
+
+
+def _json_object(request):
+    """The body as a JSON object ({} when empty); raises MessageError naming no field."""
+    from .message_trace import MessageError
+
+    if not request.body.strip():
+        return {}
+    try:
+        body = json.loads(request.body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        body = None
+    if not isinstance(body, dict):
+        raise MessageError(400, "invalid_body", _("The body must be a JSON object."))
+    return body
+
+
+def _trace_permission_refusal(request):
+    if request.user.has_perm(Permission.TRACE):
+        return None
+    return error_response(
+        403, "permission_denied",
+        _("Tracing and sending messages needs the permission “Can trace and send device "
+          "messages” (%(name)s); ask an administrator of the portal.") % {"name": Permission.TRACE},
+    )
+
+
+@_allow_only("POST")
+@api_auth
+@_with_device
+def device_messages(request, device):
+    """Send one message to the device: 200 with what became of it (INTERFACES.md)."""
+    from .message_trace import MessageError, send_to_device
+
+    refusal = _body_too_large(request) or _csrf_failure(request) or _trace_permission_refusal(request)
+    if refusal is not None:
+        return refusal
+    try:
+        body = _json_object(request)
+        for key in body:
+            if key not in ("topic", "payload", "qos"):
+                raise MessageError(400, "unknown_field",
+                                   _("Unknown field %(name)s; the fields are topic, payload, qos.")
+                                   % {"name": repr(key)}, key)
+        answer = send_to_device(device, body.get("topic"), body.get("payload", ""),
+                                body.get("qos", 0), request.user)
+    except MessageError as error:
+        return error_response(error.status, error.code, error.message, error.field)
+    return JsonResponse(answer)
+
+
+@_allow_only("POST")
+@api_auth
+@_with_device
+def device_traces(request, device):
+    """Start a trace of the device (optional ``{"minutes"}``, 1–60, default 10): 201."""
+    from .message_trace import MessageError, start_trace, trace_to_dict
+
+    refusal = _body_too_large(request) or _csrf_failure(request) or _trace_permission_refusal(request)
+    if refusal is not None:
+        return refusal
+    try:
+        body = _json_object(request)
+        for key in body:
+            if key != "minutes":
+                raise MessageError(400, "unknown_field",
+                                   _("Unknown field %(name)s; the only field is minutes.")
+                                   % {"name": repr(key)}, key)
+        trace = start_trace(device, request.user, body.get("minutes"))
+    except MessageError as error:
+        return error_response(error.status, error.code, error.message, error.field)
+    return JsonResponse(trace_to_dict(trace), status=201)
+
+
+def _trace_for(request, trace_id):
+    from .models import Trace
+
+    return (Trace.objects.select_related("device__product")
+            .filter(pk=trace_id, device__in=Device.objects.for_user(request.user)).first())
+
+
+@require_GET
+@api_auth
+def trace_detail(request, trace_id):
+    """A trace and its messages; ``after`` = a message id answers only newer ones."""
+    from .message_trace import trace_to_dict
+
+    trace = _trace_for(request, trace_id)
+    if trace is None:
+        return error_response(404, "not_found", f"No trace {trace_id}.")
+    refusal = _trace_permission_refusal(request)
+    if refusal is not None:
+        return refusal
+    after = request.GET.get("after", "")
+    if after and (not after.isdigit() or len(after) > 18):
+        return error_response(400, "invalid_after",
+                              _("after must be the id of a message (digits only)."), "after")
+    response = JsonResponse(trace_to_dict(trace, int(after) if after else None))
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@_allow_only("POST")
+@api_auth
+def trace_stop(request, trace_id):
+    """Stop a trace now (200 with the trace)."""
+    from .message_trace import stop_trace, trace_to_dict
+
+    trace = _trace_for(request, trace_id)
+    if trace is None:
+        return error_response(404, "not_found", f"No trace {trace_id}.")
+    refusal = _csrf_failure(request) or _trace_permission_refusal(request)
+    if refusal is not None:
+        return refusal
+    stop_trace(trace)
+    return JsonResponse(trace_to_dict(trace))

@@ -30,6 +30,9 @@ class Permission:
     VIEW_SECRET_CODENAME = "view_device_secret"
     # A connection check connects as the device.
     RUN_CHECK = "devices.add_connectioncheck"
+    # Message trace and send to device: payloads can be private (Device.Meta.permissions).
+    TRACE = "devices.trace_device"
+    TRACE_CODENAME = "trace_device"
 
 
 def may_rotate_secret(user) -> bool:
@@ -480,3 +483,20 @@ def connection_event_text(kind: str, code: str) -> tuple[str, str | None]:
     else:
         reason, hint = REFUSAL_TEXT.get(code, REFUSED_OTHER_TEXT)
     return str(reason), (str(hint) if hint is not None else None)
+
+
+# -- message trace and send to device (devices.message_trace) -----------------------------------
+
+
+class TraceDirection(models.TextChoices):
+    FROM_DEVICE = "from_device", _("from the device")
+    TO_DEVICE = "to_device", _("to the device")
+
+
+class SendResult(models.TextChoices):
+    """What became of a message the portal sent to a device (INTERFACES.md, POST .../messages)."""
+
+    ACKNOWLEDGED = "acknowledged", _("Delivered and acknowledged by the device (PUBACK).")
+    SENT = "sent", _("Sent to the device (QoS 0: no acknowledgement).")
+    NOT_CONNECTED = "not_connected", _("The device is not connected.")
+    NO_SUBSCRIPTION = "no_subscription", _("The device has no subscription matching this topic.")

@@ -22,6 +22,7 @@ from .choices import (
     DeviceStatus,
     Outcome,
     Permission,
+    TraceDirection,
     outcome_text,
 )
 from .fields import EncryptedSecretField, PreviousSecretField
@@ -209,7 +210,10 @@ class Device(models.Model):
             models.Index(fields=["enabled"], name="device_enabled_idx"),
             models.Index(fields=["name"], name="device_name_idx"),
         ]
-        permissions = [(Permission.VIEW_SECRET_CODENAME, _("Can view device secrets and passwords"))]
+        permissions = [
+            (Permission.VIEW_SECRET_CODENAME, _("Can view device secrets and passwords")),
+            (Permission.TRACE_CODENAME, _("Can trace and send device messages")),
+        ]
 
     def __str__(self):
         return f"{self.device_id}&{self.product.product_id}"
@@ -492,6 +496,8 @@ class AuditEvent(models.Model):
         EXPORT_CREDENTIALS = "export_credentials", _("Credentials exported")
         ROTATE_SECRET = "rotate_secret", _("Secret rotated")
         DOWNLOAD_KIT = "download_kit", _("Connection kit downloaded")
+        SEND_MESSAGE = "send_message", _("Message sent to a device")
+        START_TRACE = "start_trace", _("Message trace started")
 
     action = models.CharField(_("action"), max_length=32, choices=Action.choices)
     actor = models.ForeignKey(
@@ -876,3 +882,90 @@ class ConnectionEvent(models.Model):
                 if self.taker_peer or self.taker_client_id else None
             ),
         }
+
+
+class Trace(models.Model):
+    """A person's request to record a device's messages until ``until`` (devices.message_trace).
+    The brokers read the running ones; only they write its messages."""
+
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="traces")
+    started_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+        verbose_name=_("started by"),
+    )
+    started_at = models.DateTimeField(_("started"), default=timezone.now)
+    until = models.DateTimeField(_("until"))
+    stopped = models.BooleanField(_("stopped"), default=False)
+    message_count = models.PositiveIntegerField(_("messages"), default=0)
+    # EMQX: the temporary rule that sends this device's messages to /mqtt/trace.
+    emqx_rule_id = models.CharField(_("EMQX rule"), max_length=100, blank=True)
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        indexes = [models.Index(fields=["stopped", "until"], name="trace_running_idx")]
+        verbose_name = _("message trace")
+        verbose_name_plural = _("message traces")
+
+    def __str__(self):
+        return f"trace {self.pk} of {self.device_id}"
+
+    @property
+    def running(self):
+        return not self.stopped and self.until > timezone.now()
+
+
+class TraceMessage(models.Model):
+    """One message a traced device published or was sent: the first 1 KiB of its payload."""
+
+    trace = models.ForeignKey(Trace, on_delete=models.CASCADE, related_name="messages")
+    at = models.DateTimeField(_("at"))
+    direction = models.CharField(_("direction"), max_length=16, choices=TraceDirection.choices)
+    topic = models.TextField(_("topic"))
+    qos = models.PositiveSmallIntegerField(_("QoS"))
+    size = models.PositiveIntegerField(_("size"))
+    payload = models.BinaryField(_("payload (first 1 KiB)"))
+    # A publish outside the device's topic space: the broker dropped it.
+    refused = models.BooleanField(_("refused"), default=False)
+
+    class Meta:
+        ordering = ["trace", "id"]
+        verbose_name = _("traced message")
+        verbose_name_plural = _("traced messages")
+
+
+class DeviceMessage(models.Model):
+    """A message a person sends to a device: the web process writes it, the broker publishes it
+    and writes the answer on the same row (devices.message_trace.send_to_device)."""
+
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="sent_messages")
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    topic = models.TextField()
+    payload = models.BinaryField()
+    qos = models.PositiveSmallIntegerField(default=0)
+    # "" while waiting for the broker; then a SendResult value, or "expired" when none answered.
+    result = models.CharField(max_length=20, blank=True, db_index=True)
+    subscriptions = models.JSONField(default=list, blank=True)
+    answered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = _("message to a device")
+        verbose_name_plural = _("messages to devices")
+
+
+class DeviceSubscriptions(models.Model):
+    """The current subscriptions of a device connected to the embedded broker, which writes them
+    on SUBSCRIBE, UNSUBSCRIBE and disconnect (the row goes)."""
+
+    device = models.OneToOneField(
+        Device, on_delete=models.CASCADE, primary_key=True, related_name="live_subscriptions"
+    )
+    filters = models.JSONField(default=list)  # [[topic filter, granted QoS], ...]
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name = _("current subscriptions")
+        verbose_name_plural = _("current subscriptions")

@@ -13,4 +13,8 @@ urlpatterns = [
     path(DEVICE + "checks", api.device_checks, name="api-device-checks"),
     path(DEVICE + "connections", api.device_connections, name="api-device-connections"),
     path("checks/<int:check_id>", api.check_detail, name="api-check"),
+    path(DEVICE + "messages", api.device_messages, name="api-device-messages"),
+    path(DEVICE + "traces", api.device_traces, name="api-device-traces"),
+    path("traces/<int:trace_id>", api.trace_detail, name="api-trace"),
+    path("traces/<int:trace_id>/stop", api.trace_stop, name="api-trace-stop"),
 ]

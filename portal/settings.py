@@ -300,6 +300,15 @@ CONNECTION_LOG = env_bool("PORTAL_CONNECTION_LOG", True)
 CONNECTION_LOG_DAYS = env_int("PORTAL_CONNECTION_LOG_DAYS", 7, minimum=1)
 CONNECTION_LOG_BACKGROUND = True
 
+# Message trace and send to device (devices.message_trace): traces older than
+# PORTAL_TRACE_RETENTION_DAYS go with `python manage.py prunechecks`. PORTAL_MESSAGE_TRACE=0
+# switches the feature off in the embedded broker (the benchmark's baseline).
+MESSAGE_TRACE = env_bool("PORTAL_MESSAGE_TRACE", True)
+TRACE_RETENTION_DAYS = env_int("PORTAL_TRACE_RETENTION_DAYS", 1, minimum=1)
+# Where EMQX's trace rule sends messages (its HTTP action): the portal's own base URL as EMQX
+# reaches it, e.g. http://portal:8000 (the /mqtt/trace hook is under it).
+EMQX_HOOK_BASE_URL = os.environ.get("PORTAL_EMQX_HOOK_BASE_URL", "").strip().rstrip("/")
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -85,8 +85,11 @@ def world(settings, product, device, owner, member, staff_without_secrets, outsi
     }
     users = {"owner": owner, "member": member, "staff_without_secrets": staff_without_secrets,
              "outsider": outsider, "superuser": superuser}
+    from devices.models import Trace
+
+    trace = Trace.objects.create(device=device, until=timezone.now() + timezone.timedelta(minutes=5))
     return {"objects": objects, "users": users, "product": product, "device": device,
-            "batch": batch, "check": check, "member": member}
+            "batch": batch, "check": check, "member": member, "trace": trace}
 
 
 def _admin_model(route):
@@ -115,6 +118,7 @@ def _value(pattern, name, world):
         "product_id": world["product"].product_id,
         "device_id": world["device"].device_id,
         "check_id": world["check"].pk,
+        "trace_id": world["trace"].pk,
         "batch_id": world["batch"].pk,
         "app_label": "devices",
         "url": "no-such-page/",

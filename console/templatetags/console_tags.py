@@ -108,9 +108,13 @@ client.loop_forever()
         + f"  -q 1 -t {q(sub_topic)}"
     )
     return [
-        {"id": "mosquitto-sub", "title": _("mosquitto_sub (listen)"), "text": mosquitto_sub},
+        {"id": "mosquitto-sub", "title": _("mosquitto_sub (listen)"), "text": mosquitto_sub,
+         "note": _("Receives what the portal sends to the device: keep it running and send a "
+                   "message from the Messages section of this page.")},
         {"id": "mosquitto-pub", "title": _("mosquitto_pub (send one message)"),
-         "text": mosquitto_pub},
+         "text": mosquitto_pub,
+         "note": _("Publishes once as the device and exits: start a trace in the Messages "
+                   "section to see the message arrive.")},
         {"id": "python", "title": _("Python (paho-mqtt 2.x)"), "text": python},
         {"id": "mqttx", "title": _("MQTTX CLI"), "text": mqttx},
     ]

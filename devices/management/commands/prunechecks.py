@@ -1,12 +1,13 @@
 """Delete finished connection checks older than the retention (PORTAL_CHECK_RETENTION_DAYS), and
 the background worker's finished task rows with them (django_tasks_db keeps them for ever), and
-connection log events older than PORTAL_CONNECTION_LOG_DAYS."""
+connection log events older than PORTAL_CONNECTION_LOG_DAYS, and message traces that ended more than
+PORTAL_TRACE_RETENTION_DAYS ago."""
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.utils import timezone
 
-from devices import connection_log
+from devices import connection_log, message_trace
 from devices.models import CheckStatus, ConnectionCheck
 from devices.task_results import prune_task_rows, settle_task_rows
 
@@ -52,3 +53,7 @@ class Command(BaseCommand):
         self.stdout.write(f"Deleted {tasks} finished task rows older than {days} days.")
         events = connection_log.prune(log_days)
         self.stdout.write(f"Deleted {events} connection log events older than {log_days} days.")
+        trace_days = settings.TRACE_RETENTION_DAYS
+        traces = message_trace.prune(trace_days)
+        self.stdout.write(f"Deleted {traces} message traces (with their messages) that ended more "
+                          f"than {trace_days} days ago.")
