@@ -36,7 +36,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from . import emqx
-from .choices import SendResult
+from .choices import SEND_QOS_LEVELS, PayloadEncoding, SendResult
 from .topics import send_topic_problem, topic_spaces
 
 logger = logging.getLogger("devices.message_trace")
@@ -73,7 +73,7 @@ def parse_minutes(value) -> int:
     if value is None:
         return DEFAULT_MINUTES
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_MINUTES:
-        if isinstance(value, str) and value.strip().isdigit():
+        if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
             return parse_minutes(int(value.strip()))
         raise MessageError(
             400, "invalid_minutes",
@@ -284,15 +284,15 @@ def decode_payload(data: bytes, size: int) -> tuple[str, str]:
     cuts = range(4) if size > len(data) else range(1)
     for cut in cuts:
         try:
-            return data[: len(data) - cut].decode("utf-8"), "utf8"
+            return data[: len(data) - cut].decode("utf-8"), PayloadEncoding.UTF8
         except UnicodeDecodeError:
             continue
-    return data.hex(), "hex"
+    return data.hex(), PayloadEncoding.HEX
 
 
 def pretty(text: str, encoding: str) -> str:
     """JSON pretty-printed (for display); anything else as it is."""
-    if encoding != "utf8" or text.strip()[:1] not in ("{", "["):
+    if encoding != PayloadEncoding.UTF8 or text.strip()[:1] not in ("{", "["):
         return text
     try:
         return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
@@ -361,9 +361,9 @@ def validate_send(device, topic, payload, qos) -> tuple[str, bytes, int]:
         raise MessageError(400, "invalid_payload",
                            _("payload must be at most %(max)d bytes.") % {"max": MAX_SEND_BYTES},
                            "payload")
-    if isinstance(qos, str) and qos.strip() in ("0", "1"):
+    if isinstance(qos, str) and qos.strip() in [str(level) for level in SEND_QOS_LEVELS]:
         qos = int(qos.strip())
-    if isinstance(qos, bool) or qos not in (0, 1):
+    if isinstance(qos, bool) or qos not in SEND_QOS_LEVELS:
         raise MessageError(400, "invalid_qos", _("qos must be 0 or 1 (QoS 2 is not supported)."),
                            "qos")
     return topic, data, qos
