@@ -320,7 +320,7 @@ def device_connections(request, device):
     since = request.GET.get("since", "")
     changed_after = request.GET.get("changedAfter", "")
     if since:
-        if not since.isdigit() or len(since) > 18:
+        if not (since.isascii() and since.isdigit()) or len(since) > 18:
             return error_response(
                 400, "invalid_since", _("since must be the id of an event (digits only)."), "since"
             )
