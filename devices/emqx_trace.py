@@ -167,4 +167,4 @@ def send(device, topic: str, data: bytes, qos: int) -> dict:
     if status != 200:
         raise MessageError(503, "broker_unavailable",
                            _("EMQX answered the publish with HTTP %(status)s.") % {"status": status})
-    return send_answer(None, SendResult.SENT, filters, topic, qos)
+    return send_answer(None, SendResult.SENT, filters, topic, qos, through_emqx=True)

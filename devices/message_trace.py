@@ -37,7 +37,7 @@ from django.utils.translation import gettext as _
 
 from . import emqx
 from .choices import SEND_QOS_LEVELS, PayloadEncoding, SendResult
-from .topics import send_topic_problem, topic_spaces
+from .topics import send_topic_problem, topic_matches, topic_spaces
 
 logger = logging.getLogger("devices.message_trace")
 
@@ -407,11 +407,30 @@ def _send_through_outbox(device, topic, data, qos, user, wait_s) -> dict:
     return send_answer(message.pk, row["result"], row["subscriptions"], topic, qos)
 
 
-def send_answer(message_id, result, subscriptions, topic, qos) -> dict:
+def sent_words(topic, qos, subscriptions, through_emqx=False) -> str:
+    """What "sent" means for this send: a QoS 1 send is "sent" when the device's subscription
+    is QoS 0 (so the message went at QoS 0), when EMQX sent it (it does not wait for the PUBACK),
+    or when the device sent no PUBACK within PUBACK_WAIT_S."""
+    granted = [q for f, q in subscriptions or [] if topic_matches(topic, f)]
+    if qos == 0:
+        return str(SendResult.SENT.label)
+    if granted and max(granted) == 0:
+        return _("Sent at QoS 0 (the device subscribed at QoS 0): no acknowledgement.")
+    if through_emqx:
+        return _("Sent through EMQX, which does not wait for the device's PUBACK.")
+    return _("Sent to the device, but it sent no PUBACK within %(seconds)d seconds.") % {
+        "seconds": PUBACK_WAIT_S}
+
+
+def send_answer(message_id, result, subscriptions, topic, qos, through_emqx=False) -> dict:
+    if result == SendResult.SENT:
+        words = sent_words(topic, qos, subscriptions, through_emqx)
+    else:
+        words = str(SendResult(result).label) if result in SendResult.values else result
     return {
         "id": message_id,
         "result": result,
-        "message": str(SendResult(result).label) if result in SendResult.values else result,
+        "message": words,
         "topic": topic,
         "qos": qos,
         "subscriptions": [{"topic": f, "qos": q} for f, q in subscriptions or []],

@@ -41,6 +41,7 @@ def test_send_publishes_through_the_rest_api(owner_client, device, api):
     response = post(owner_client, MESSAGES,
                     {"topic": "/a1B2c3D4e5F/sensor-001/down", "payload": "héllo", "qos": 1})
     assert response.status_code == 200 and response.json()["result"] == "sent"
+    assert "EMQX, which does not wait for the device's PUBACK" in response.json()["message"]
     published = api.published[-1]
     assert (published["topic"], published["qos"], published["data"], published["retain"]) == (
         "/a1B2c3D4e5F/sensor-001/down", 1, "héllo".encode(), False)
