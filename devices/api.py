@@ -27,6 +27,8 @@ from .options import QUERY_NAMES, ConnectionOptions, OptionError
 CHECK_HISTORY_LENGTH = 20
 # The fields of the body of POST .../checks (all optional).
 CHECK_BODY_FIELDS = (*QUERY_NAMES, "protocol", "force")
+MESSAGE_BODY_FIELDS = ("topic", "payload", "qos")
+TRACE_BODY_FIELDS = ("minutes",)
 OPENAPI_DOCUMENT = Path(__file__).with_name("openapi.json")
 
 
@@ -318,7 +320,7 @@ def device_connections(request, device):
     since = request.GET.get("since", "")
     changed_after = request.GET.get("changedAfter", "")
     if since:
-        if not since.isdigit() or len(since) > 18:
+        if not (since.isascii() and since.isdigit()) or len(since) > 18:
             return error_response(
                 400, "invalid_since", _("since must be the id of an event (digits only)."), "since"
             )
@@ -406,7 +408,7 @@ def device_messages(request, device):
     try:
         body = _json_object(request)
         for key in body:
-            if key not in ("topic", "payload", "qos"):
+            if key not in MESSAGE_BODY_FIELDS:
                 raise MessageError(400, "unknown_field",
                                    _("Unknown field %(name)s; the fields are topic, payload, qos.")
                                    % {"name": repr(key)}, key)
@@ -430,7 +432,7 @@ def device_traces(request, device):
     try:
         body = _json_object(request)
         for key in body:
-            if key != "minutes":
+            if key not in TRACE_BODY_FIELDS:
                 raise MessageError(400, "unknown_field",
                                    _("Unknown field %(name)s; the only field is minutes.")
                                    % {"name": repr(key)}, key)
@@ -460,7 +462,7 @@ def trace_detail(request, trace_id):
     if refusal is not None:
         return refusal
     after = request.GET.get("after", "")
-    if after and (not after.isdigit() or len(after) > 18):
+    if after and (not (after.isascii() and after.isdigit()) or len(after) > 18):
         return error_response(400, "invalid_after",
                               _("after must be the id of a message (digits only)."), "after")
     response = JsonResponse(trace_to_dict(trace, int(after) if after else None))

@@ -500,3 +500,17 @@ class SendResult(models.TextChoices):
     SENT = "sent", _("Sent to the device (QoS 0: no acknowledgement).")
     NOT_CONNECTED = "not_connected", _("The device is not connected.")
     NO_SUBSCRIPTION = "no_subscription", _("The device has no subscription matching this topic.")
+
+
+class PayloadEncoding:
+    """How a traced payload is shown (INTERFACES.md, GET /api/v1/traces/{id}): text when it is
+    UTF-8, else hexadecimal."""
+
+    UTF8 = "utf8"
+    HEX = "hex"
+
+
+PAYLOAD_ENCODINGS = (PayloadEncoding.UTF8, PayloadEncoding.HEX)
+
+# The QoS levels a person may send to a device with (QoS 2 is not supported).
+SEND_QOS_LEVELS = (0, 1)

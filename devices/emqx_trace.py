@@ -33,6 +33,7 @@ import urllib.request
 from urllib.parse import quote
 
 from django.conf import settings
+from django.utils.translation import gettext as _
 
 from .choices import SendResult
 from .emqx import EmqxApi, emqx_client_id
@@ -92,7 +93,8 @@ def _ensure_action(api) -> None:
     """The HTTP connector and action the trace rules use (created once; 400 ALREADY_EXISTS)."""
     base = settings.EMQX_HOOK_BASE_URL
     if not base:
-        raise EmqxTraceError("PORTAL_EMQX_HOOK_BASE_URL is not set (where EMQX reaches the portal)")
+        raise EmqxTraceError(_("PORTAL_EMQX_HOOK_BASE_URL is not set (the portal's address as "
+                               "EMQX reaches it)."))
     connector = {"type": "http", "name": CONNECTOR, "url": base + "/mqtt/trace",
                  "headers": {"Authorization": f"Bearer {settings.BROKER_HOOK_TOKEN}",
                              "content-type": "application/json"}}
@@ -102,7 +104,8 @@ def _ensure_action(api) -> None:
         status, answer = api.call("POST", path, body)
         exists = status == 400 and isinstance(answer, dict) and answer.get("code") == "ALREADY_EXISTS"
         if status not in (200, 201) and not exists:
-            raise EmqxTraceError(f"{path}: HTTP {status}")
+            raise EmqxTraceError(_("EMQX answered %(path)s with HTTP %(status)s.")
+                                 % {"path": path, "status": status})
 
 
 def create_rule(trace) -> None:
@@ -115,7 +118,8 @@ def create_rule(trace) -> None:
         "description": f"portal message trace {trace.pk} (deleted when it ends)",
     })
     if status not in (200, 201):
-        raise EmqxTraceError(f"/api/v5/rules: HTTP {status}")
+        raise EmqxTraceError(_("EMQX answered %(path)s with HTTP %(status)s.")
+                             % {"path": "/api/v5/rules", "status": status})
     trace.emqx_rule_id = (answer or {}).get("id", rule_id) if isinstance(answer, dict) else rule_id
     trace.save(update_fields=["emqx_rule_id"])
 
@@ -148,7 +152,7 @@ def send(device, topic: str, data: bytes, qos: int) -> dict:
     client_id = emqx_client_id(device)
     connected = api.is_connected(client_id)
     if connected is None:
-        raise MessageError(503, "broker_unavailable", "EMQX's REST API did not answer.")
+        raise MessageError(503, "broker_unavailable", _("EMQX's REST API did not answer."))
     if not connected:
         return send_answer(None, SendResult.NOT_CONNECTED, [], topic, qos)
     filters = subscriptions(api, client_id)
@@ -161,5 +165,6 @@ def send(device, topic: str, data: bytes, qos: int) -> dict:
     if status == 202:
         return send_answer(None, SendResult.NO_SUBSCRIPTION, filters, topic, qos)
     if status != 200:
-        raise MessageError(503, "broker_unavailable", f"EMQX answered the publish with HTTP {status}.")
-    return send_answer(None, SendResult.SENT, filters, topic, qos)
+        raise MessageError(503, "broker_unavailable",
+                           _("EMQX answered the publish with HTTP %(status)s.") % {"status": status})
+    return send_answer(None, SendResult.SENT, filters, topic, qos, through_emqx=True)

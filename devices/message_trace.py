@@ -36,8 +36,8 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from . import emqx
-from .choices import SendResult
-from .topics import send_topic_problem, topic_spaces
+from .choices import SEND_QOS_LEVELS, PayloadEncoding, SendResult
+from .topics import send_topic_problem, topic_matches, topic_spaces
 
 logger = logging.getLogger("devices.message_trace")
 
@@ -73,7 +73,7 @@ def parse_minutes(value) -> int:
     if value is None:
         return DEFAULT_MINUTES
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_MINUTES:
-        if isinstance(value, str) and value.strip().isdigit():
+        if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
             return parse_minutes(int(value.strip()))
         raise MessageError(
             400, "invalid_minutes",
@@ -284,15 +284,15 @@ def decode_payload(data: bytes, size: int) -> tuple[str, str]:
     cuts = range(4) if size > len(data) else range(1)
     for cut in cuts:
         try:
-            return data[: len(data) - cut].decode("utf-8"), "utf8"
+            return data[: len(data) - cut].decode("utf-8"), PayloadEncoding.UTF8
         except UnicodeDecodeError:
             continue
-    return data.hex(), "hex"
+    return data.hex(), PayloadEncoding.HEX
 
 
 def pretty(text: str, encoding: str) -> str:
     """JSON pretty-printed (for display); anything else as it is."""
-    if encoding != "utf8" or text.strip()[:1] not in ("{", "["):
+    if encoding != PayloadEncoding.UTF8 or text.strip()[:1] not in ("{", "["):
         return text
     try:
         return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
@@ -361,9 +361,9 @@ def validate_send(device, topic, payload, qos) -> tuple[str, bytes, int]:
         raise MessageError(400, "invalid_payload",
                            _("payload must be at most %(max)d bytes.") % {"max": MAX_SEND_BYTES},
                            "payload")
-    if isinstance(qos, str) and qos.strip() in ("0", "1"):
+    if isinstance(qos, str) and qos.strip() in [str(level) for level in SEND_QOS_LEVELS]:
         qos = int(qos.strip())
-    if isinstance(qos, bool) or qos not in (0, 1):
+    if isinstance(qos, bool) or qos not in SEND_QOS_LEVELS:
         raise MessageError(400, "invalid_qos", _("qos must be 0 or 1 (QoS 2 is not supported)."),
                            "qos")
     return topic, data, qos
@@ -407,11 +407,30 @@ def _send_through_outbox(device, topic, data, qos, user, wait_s) -> dict:
     return send_answer(message.pk, row["result"], row["subscriptions"], topic, qos)
 
 
-def send_answer(message_id, result, subscriptions, topic, qos) -> dict:
+def sent_words(topic, qos, subscriptions, through_emqx=False) -> str:
+    """What "sent" means for this send: a QoS 1 send is "sent" when the device's subscription
+    is QoS 0 (so the message went at QoS 0), when EMQX sent it (it does not wait for the PUBACK),
+    or when the device sent no PUBACK within PUBACK_WAIT_S."""
+    granted = [q for f, q in subscriptions or [] if topic_matches(topic, f)]
+    if qos == 0:
+        return str(SendResult.SENT.label)
+    if granted and max(granted) == 0:
+        return _("Sent at QoS 0 (the device subscribed at QoS 0): no acknowledgement.")
+    if through_emqx:
+        return _("Sent through EMQX, which does not wait for the device's PUBACK.")
+    return _("Sent to the device, but it sent no PUBACK within %(seconds)d seconds.") % {
+        "seconds": PUBACK_WAIT_S}
+
+
+def send_answer(message_id, result, subscriptions, topic, qos, through_emqx=False) -> dict:
+    if result == SendResult.SENT:
+        words = sent_words(topic, qos, subscriptions, through_emqx)
+    else:
+        words = str(SendResult(result).label) if result in SendResult.values else result
     return {
         "id": message_id,
         "result": result,
-        "message": str(SendResult(result).label) if result in SendResult.values else result,
+        "message": words,
         "topic": topic,
         "qos": qos,
         "subscriptions": [{"topic": f, "qos": q} for f, q in subscriptions or []],

@@ -118,3 +118,11 @@ def test_the_staff_only_log_needs_is_staff(client, member, owner, db):
     page = client.get(url)
     assert page.status_code == 200
     assert "203.0.113.9:1" in page.content.decode()
+
+
+@pytest.mark.parametrize("since", ["\u00b2", "\u0661\u0662", "\uff11"])
+def test_since_in_other_digits_than_ascii_is_a_400_naming_it(client, member, device, since):
+    client.force_login(member)
+    response = client.get(API, {"since": since})
+    assert response.status_code == 400
+    assert response.json()["error"]["field"] == "since"

@@ -42,6 +42,15 @@ def test_a_trace_lasts_10_minutes_by_default_and_at_most_60(owner_client, device
     assert response.json()["error"]["field"] == "minutes"
 
 
+@pytest.mark.parametrize("minutes", ["\u00b2", "\u0665", "\uff15", "-5", "5.0"])
+def test_minutes_that_are_not_ascii_digits_are_a_400_naming_the_field(owner_client, device,
+                                                                      minutes):
+    response = post(owner_client, TRACES, {"minutes": minutes})
+    assert response.status_code == 400
+    assert response.json()["error"]["field"] == "minutes"
+    assert Trace.objects.count() == 0
+
+
 def test_a_new_trace_stops_the_running_one(owner_client, device):
     first = post(owner_client, TRACES, {}).json()["id"]
     post(owner_client, TRACES, {})

@@ -237,3 +237,131 @@ def test_json_payloads_are_pretty_printed_and_cut_utf8_stays_text():
     data = text.encode()[:1024]
     payload, encoding = message_trace.decode_payload(data, 1200)
     assert encoding == "utf8" and payload == "温" * 341
+
+
+class SilentSubscriber:
+    """A raw MQTT 3.1.1 client on a plain socket: it connects, subscribes and then only reads;
+    it never answers a PUBLISH with a PUBACK (paho always does, so it cannot play this part)."""
+
+    def __init__(self, broker, device, client_id="dev-1"):
+        import socket
+        import threading
+
+        self.packets = []  # (first byte, body) of every packet after the SUBACK
+        mqtt_client_id, username, password = credentials(device, client_id=client_id)
+        self.sock = socket.create_connection((broker.host, broker.port), timeout=5)
+        connect = (b"\x00\x04MQTT\x04\xc2\x00\x3c" + self._text(mqtt_client_id)
+                   + self._text(username) + self._text(password))
+        self.sock.sendall(self._packet(0x10, connect))
+        first, body = self._read()
+        assert (first, body[1:]) == (0x20, b"\x00"), f"CONNACK {first:#x} {body!r}"
+        self._reader = None
+        self._threading = threading
+
+    @staticmethod
+    def _text(value):
+        data = value.encode()
+        return len(data).to_bytes(2, "big") + data
+
+    @staticmethod
+    def _packet(first, body):
+        length, encoded = len(body), b""
+        while True:
+            byte, length = length % 128, length // 128
+            encoded += bytes([byte | (0x80 if length else 0)])
+            if not length:
+                return bytes([first]) + encoded + body
+
+    def _exactly(self, count):
+        data = b""
+        while len(data) < count:
+            chunk = self.sock.recv(count - len(data))
+            if not chunk:
+                raise ConnectionError("the broker closed the connection")
+            data += chunk
+        return data
+
+    def _read(self):
+        first = self._exactly(1)[0]
+        length, shift = 0, 0
+        while True:
+            byte = self._exactly(1)[0]
+            length += (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        return first, self._exactly(length)
+
+    def subscribe(self, topic_filter, qos):
+        self.sock.sendall(self._packet(0x82, b"\x00\x01" + self._text(topic_filter) + bytes([qos])))
+        first, body = self._read()
+        assert (first, body[:2]) == (0x90, b"\x00\x01"), f"SUBACK {first:#x} {body!r}"
+        self._reader = self._threading.Thread(target=self._read_forever, daemon=True)
+        self._reader.start()
+        return body[2]
+
+    def _read_forever(self):
+        self.sock.settimeout(None)  # close() shuts the socket down, which ends the read
+        while True:
+            try:
+                self.packets.append(self._read())
+            except OSError:
+                return
+
+    def publishes(self):
+        """(topic, qos, packet id, payload) of the PUBLISH packets received."""
+        found = []
+        for first, body in self.packets:
+            if first >> 4 != 3:
+                continue
+            qos = (first >> 1) & 3
+            size = int.from_bytes(body[:2], "big")
+            topic, rest = body[2:2 + size].decode(), body[2 + size:]
+            packet_id = int.from_bytes(rest[:2], "big") if qos else None
+            found.append((topic, qos, packet_id, rest[2:] if qos else rest))
+        return found
+
+    def close(self):
+        import socket
+
+        try:
+            self.sock.sendall(b"\xe0\x00")  # DISCONNECT
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        if self._reader is not None:
+            self._reader.join(2)
+        self.sock.close()
+
+
+def test_send_at_qos_1_to_a_device_that_never_pubacks_is_sent_not_acknowledged(mqtt_broker, owner):
+    device = make_device()
+    topic = f"/{device.product.product_id}/{device.device_id}/down"
+    silent = SilentSubscriber(mqtt_broker, device)
+    try:
+        assert silent.subscribe(topic, 1) == 1
+        mark = mqtt_broker.log_mark()
+        started = time.monotonic()
+        answer = message_trace.send_to_device(device, topic, "are you there?", 1, owner)
+        waited = time.monotonic() - started
+        assert answer["result"] == "sent"
+        assert "PUBACK" in answer["message"] and "QoS 0" not in answer["message"]
+        assert waited >= message_trace.PUBACK_WAIT_S  # it waited for the PUBACK first
+        mqtt_broker.wait_for_log(mark, "sent no PUBACK")
+        # the device did get it, at QoS 1 with a packet id, and answered nothing
+        [(got_topic, qos, packet_id, payload)] = silent.publishes()
+        assert (got_topic, qos, payload) == (topic, 1, b"are you there?") and packet_id
+        assert DeviceMessage.objects.get().result == "sent"
+    finally:
+        silent.close()
+
+
+def test_send_at_qos_1_to_a_qos_0_subscription_is_sent_and_says_why(mqtt_broker, clients, owner):
+    device = make_device()
+    client = connect(mqtt_broker, clients, device)
+    topic = f"/{device.product.product_id}/{device.device_id}/down"
+    assert client.subscribe(topic, qos=0) == 0
+    answer = message_trace.send_to_device(device, topic, "x", 1, owner)
+    assert answer["result"] == "sent"
+    assert "subscribed at QoS 0" in answer["message"]
+    assert client.wait_for_messages(1)[0].qos == 0

@@ -41,6 +41,7 @@ def test_send_publishes_through_the_rest_api(owner_client, device, api):
     response = post(owner_client, MESSAGES,
                     {"topic": "/a1B2c3D4e5F/sensor-001/down", "payload": "héllo", "qos": 1})
     assert response.status_code == 200 and response.json()["result"] == "sent"
+    assert "EMQX, which does not wait for the device's PUBACK" in response.json()["message"]
     published = api.published[-1]
     assert (published["topic"], published["qos"], published["data"], published["retain"]) == (
         "/a1B2c3D4e5F/sensor-001/down", 1, "héllo".encode(), False)
@@ -110,3 +111,53 @@ def test_a_trace_fails_cleanly_when_emqx_does_not_answer(owner_client, device, a
     response = post(owner_client, TRACES, {})
     assert response.status_code == 502
     assert Trace.objects.count() == 0
+
+
+ZH = {"HTTP_ACCEPT_LANGUAGE": "zh-hans"}
+
+
+def test_a_trace_without_the_hook_base_url_says_so_in_the_reader_s_language(owner_client, device,
+                                                                             api, settings):
+    settings.EMQX_HOOK_BASE_URL = ""
+    english = post(owner_client, TRACES, {}).json()["error"]["message"]
+    assert "PORTAL_EMQX_HOOK_BASE_URL is not set" in english
+    chinese = post(owner_client, TRACES, {}, **ZH).json()["error"]["message"]
+    assert "PORTAL_EMQX_HOOK_BASE_URL 未设置" in chinese and "EMQX 未能创建" in chinese
+    assert Trace.objects.count() == 0
+
+
+def test_a_trace_emqx_refuses_names_the_call_in_the_reader_s_language(owner_client, device, api):
+    api.fail_with = 500
+    assert "EMQX answered /api/v5/connectors with HTTP 500." in post(
+        owner_client, TRACES, {}).json()["error"]["message"]
+    assert "EMQX 对 /api/v5/connectors 的回答是 HTTP 500。" in post(
+        owner_client, TRACES, {}, **ZH).json()["error"]["message"]
+
+
+def test_a_send_emqx_does_not_answer_says_so_in_the_reader_s_language(owner_client, device, api,
+                                                                       settings):
+    api.stop()
+    body = {"topic": "/a1B2c3D4e5F/sensor-001/down", "payload": "x"}
+    english = post(owner_client, MESSAGES, body)
+    assert english.status_code == 503
+    assert english.json()["error"]["message"] == "EMQX's REST API did not answer."
+    assert post(owner_client, MESSAGES, body, **ZH).json()["error"]["message"] == (
+        "EMQX 的 REST API 没有应答。")
+
+
+def test_a_publish_emqx_refuses_says_so_in_the_reader_s_language(owner_client, device, api,
+                                                                 monkeypatch):
+    api.connected.add(USERNAME)
+    api.subscriptions[USERNAME] = [("/a1B2c3D4e5F/sensor-001/#", 1)]
+    refuse = api.v5_call
+
+    def refusing(method, path, body):
+        return (503, {"code": "SERVICE_UNAVAILABLE"}) if path == "/api/v5/publish" else refuse(
+            method, path, body)
+
+    monkeypatch.setattr(api, "v5_call", refusing)
+    body = {"topic": "/a1B2c3D4e5F/sensor-001/down", "payload": "x"}
+    assert post(owner_client, MESSAGES, body).json()["error"]["message"] == (
+        "EMQX answered the publish with HTTP 503.")
+    assert post(owner_client, MESSAGES, body, **ZH).json()["error"]["message"] == (
+        "EMQX 对发布请求的回答是 HTTP 503。")

@@ -10,8 +10,9 @@ from django.urls import resolve
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from devices import signing
-from devices.api import CHECK_BODY_FIELDS
+from devices import message_trace, signing
+from devices.api import CHECK_BODY_FIELDS, MESSAGE_BODY_FIELDS, TRACE_BODY_FIELDS
+from devices.choices import PAYLOAD_ENCODINGS, SEND_QOS_LEVELS, SendResult, TraceDirection
 from devices.connection_check import PROTOCOLS, Outcome
 from devices.models import CheckStatus
 from devices.options import QUERY_NAMES, ConnectionOptions, OptionError
@@ -20,6 +21,10 @@ DOCUMENT = Path(__file__).parent.parent / "devices" / "openapi.json"
 MQTT_PARAMS = "/api/v1/products/{productId}/devices/{deviceId}/mqtt-params"
 CHECKS = "/api/v1/products/{productId}/devices/{deviceId}/checks"
 CHECK = "/api/v1/checks/{id}"
+MESSAGES = "/api/v1/products/{productId}/devices/{deviceId}/messages"
+TRACES = "/api/v1/products/{productId}/devices/{deviceId}/traces"
+TRACE = "/api/v1/traces/{id}"
+TRACE_STOP = "/api/v1/traces/{id}/stop"
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +39,10 @@ def _parameters(document, path, method):
 
 def _check_body(document):
     return document["paths"][CHECKS]["post"]["requestBody"]["content"]["application/json"]["schema"]
+
+
+def _body(document, path):
+    return document["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
 
 
 def _anchored(pattern):
@@ -131,6 +140,87 @@ def test_every_documented_path_is_served_by_the_api(document):
         for placeholder, value in samples.items():
             url = url.replace(placeholder, value)
         assert resolve(url).url_name.startswith("api-"), path
+
+
+# -- message trace and send to device ------------------------------------------------------------
+
+
+def test_the_send_body_fields_and_qos_levels_are_the_code_s(document):
+    body = _body(document, MESSAGES)
+    assert body["additionalProperties"] is False
+    assert list(body["properties"]) == list(MESSAGE_BODY_FIELDS)
+    assert body["properties"]["qos"]["enum"] == list(SEND_QOS_LEVELS)
+    answer = document["components"]["schemas"]["SendAnswer"]["properties"]
+    assert answer["qos"]["enum"] == list(SEND_QOS_LEVELS)
+    assert f"{message_trace.MAX_SEND_BYTES} bytes" in body["properties"]["payload"]["description"]
+
+
+def test_the_send_results_are_the_code_s(document):
+    answer = document["components"]["schemas"]["SendAnswer"]["properties"]
+    assert answer["result"]["enum"] == list(SendResult.values)
+
+
+def test_the_trace_body_and_its_minutes_are_the_code_s(document):
+    body = _body(document, TRACES)
+    assert body["additionalProperties"] is False
+    assert list(body["properties"]) == list(TRACE_BODY_FIELDS)
+    minutes = body["properties"]["minutes"]
+    assert (minutes["minimum"], minutes["maximum"], minutes["default"]) == (
+        1, message_trace.MAX_MINUTES, message_trace.DEFAULT_MINUTES)
+
+
+def test_the_trace_directions_and_encodings_are_the_code_s(document):
+    message = document["components"]["schemas"]["TraceMessage"]["properties"]
+    assert message["direction"]["enum"] == list(TraceDirection.values)
+    assert message["encoding"]["enum"] == list(PAYLOAD_ENCODINGS)
+    assert f"first {message_trace.PAYLOAD_BYTES} bytes" in message["payload"]["description"]
+
+
+@pytest.fixture
+def traced_message(device):
+    from devices.models import TraceMessage
+
+    trace = message_trace.start_trace(device, None)
+    TraceMessage.objects.create(trace=trace, at=trace.started_at, direction="from_device",
+                                topic="/a1B2c3D4e5F/sensor-001/up", qos=1, size=2, payload=b"{}")
+    return trace
+
+
+def test_the_trace_schema_has_the_fields_of_the_api_s_answer(document, owner_client, traced_message):
+    answer = owner_client.get(f"/api/v1/traces/{traced_message.pk}").json()
+    schemas = document["components"]["schemas"]
+    assert set(schemas["Trace"]["properties"]) == set(answer)
+    assert set(schemas["TraceMessage"]["properties"]) == set(answer["messages"][0])
+    assert set(schemas["Trace"]["required"]) <= set(answer)
+    assert set(schemas["TraceMessage"]["required"]) <= set(answer["messages"][0])
+
+
+def test_the_send_answer_schema_has_the_fields_of_the_code_s_answer(document):
+    answer = message_trace.send_answer(1, SendResult.NO_SUBSCRIPTION, [["/a/#", 1]], "/a/b", 1)
+    schema = document["components"]["schemas"]["SendAnswer"]
+    assert set(schema["properties"]) == set(schema["required"]) == set(answer)
+    assert set(schema["properties"]["subscriptions"]["items"]["properties"]) == set(
+        answer["subscriptions"][0])
+
+
+@pytest.mark.parametrize("after", ["0", "12", "1" * 18, "1" * 19, "-1", "1.5", " 1", "a",
+                                   "\u00b2", "\u0661\u0662", "\uff11"])
+def test_the_after_pattern_accepts_exactly_what_the_api_does(document, owner_client,
+                                                             traced_message, after):
+    pattern = _anchored(_parameters(document, TRACE, "get")["after"]["schema"]["pattern"])
+    response = owner_client.get(f"/api/v1/traces/{traced_message.pk}", {"after": after})
+    assert response.status_code == (200 if pattern.fullmatch(after) else 400), response.content[:200]
+
+
+def test_the_trace_endpoints_answer_what_the_document_says(document, owner_client, device):
+    """Each documented status is one the endpoint can answer: here the success ones."""
+    started = owner_client.post("/api/v1/products/a1B2c3D4e5F/devices/sensor-001/traces",
+                                {"minutes": 2}, content_type="application/json")
+    assert str(started.status_code) in document["paths"][TRACES]["post"]["responses"]
+    assert started.status_code == 201
+    stopped = owner_client.post(f"/api/v1/traces/{started.json()['id']}/stop")
+    assert stopped.status_code == 200 and stopped.json()["running"] is False
+    assert "200" in document["paths"][TRACE_STOP]["post"]["responses"]
 
 
 # -- the patterns decide as the code does --------------------------------------------------------
