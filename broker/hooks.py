@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import threading
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
@@ -157,11 +158,19 @@ def mqtt_auth(request, body):
         return JsonResponse({"result": "deny", "is_superuser": False})
     from devices.models import BrokerSession
 
-    BrokerSession.objects.record_authenticated(
-        verdict.record.pk, username, client_id, peerhost, verdict.parsed.exclusive,
-        broker_client_id,
-    )
+    with _record_lock:
+        BrokerSession.objects.record_authenticated(
+            verdict.record.pk, username, client_id, peerhost, verdict.parsed.exclusive,
+            broker_client_id,
+        )
     return JsonResponse({"result": "allow", "is_superuser": False})
+
+
+# One writer at a time per process: the threads of a gunicorn worker queue here for the record's
+# INSERT rather than in SQLite's busy handler, whose growing sleeps (1, 2, 5 … 100 ms) made a
+# storm of accepted CONNECTs a convoy (p99 0.5–0.9 s at 8 connections). Other databases lose
+# nothing by it (a short INSERT).
+_record_lock = threading.Lock()
 
 
 def _holder(record):
