@@ -7,6 +7,9 @@ one ``manage.py db_worker``, on a fresh SQLite database:
   committed) until the row says succeeded, with the poll interval ``make run`` gives its worker
   (``--interval 0.2``) and with db_worker's default (1 s).
 * ``one worker``: CHECKS checks queued at once; checks per second until the last one finished.
+* ``fleet run, one worker``: ``manage.py checkconnections`` over FLEET_DEVICES devices of one
+  product with one ``runworker`` (as ``make run`` starts it): checks per second from the
+  command's start until it exits (queueing, running, waiting for the last result).
 * ``run_connection_check loop``: the same check (paho connect, CONNACK, QoS 1 publish, PUBACK,
   disconnect) in a loop in this process, without the queue and the database: what the worker
   adds is the difference.
@@ -26,6 +29,7 @@ from bench.harness import ROOT, free_port, set_up_django, stop, wait_listening
 CHECKS = int(os.environ.get("BENCH_CHECKS", "200"))
 SAMPLES = int(os.environ.get("BENCH_CHECK_SAMPLES", "15"))
 DEVICES = 20
+FLEET_DEVICES = int(os.environ.get("BENCH_FLEET_DEVICES", "1000"))
 
 
 def _start_worker(interval):
@@ -117,6 +121,31 @@ def run():
         rows.append({"benchmark": "one db_worker", "metric": "checks per second", "unit": "1/s",
                      "value": CHECKS / elapsed, "checks": CHECKS, "failures": failures,
                      "enqueue_seconds": queued})
+
+        # A fleet run: checkconnections over a product of FLEET_DEVICES devices, one runworker.
+        fleet = Product.objects.create(product_id="fleet", name="Fleet")
+        Device.objects.bulk_create(
+            [Device(product=fleet, device_id=f"fleet-{i:06d}") for i in range(FLEET_DEVICES)],
+            batch_size=2000)
+        worker = subprocess.Popen(
+            [sys.executable, str(ROOT / "manage.py"), "runworker", "--no-reload",
+             "--interval", "0.2", "-v", "0"],
+            cwd=ROOT, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        time.sleep(1.5)
+        try:
+            started = time.perf_counter()
+            command = subprocess.run(
+                [sys.executable, str(ROOT / "manage.py"), "checkconnections", "--product", "fleet"],
+                cwd=ROOT, env=os.environ.copy(), capture_output=True, text=True)
+            elapsed = time.perf_counter() - started
+        finally:
+            stop(worker)
+        summary = [line for line in command.stdout.splitlines() if line.startswith("Summary")]
+        rows.append({"benchmark": "fleet run, one worker", "metric": "checks per second",
+                     "unit": "1/s", "value": FLEET_DEVICES / elapsed, "checks": FLEET_DEVICES,
+                     "seconds": elapsed, "summary": summary[0] if summary else command.stderr[-300:],
+                     "exit_status": command.returncode})
 
         # The same check without the queue, and a bare paho connect loop, on the same broker.
         params = [d.connection_params(ConnectionOptions(securemode=3, timestamp=None))
