@@ -1,6 +1,7 @@
 """Connection checks: how long a person waits, and how many checks one worker completes.
 
-One run, 127.0.0.1, one embedded broker (``manage.py runbroker``, plain TCP, securemode=3) and
+One run, 127.0.0.1 (the broker and the workers with the production settings, PORTAL_DEBUG=0),
+one embedded broker (``manage.py runbroker``, plain TCP, securemode=3) and
 one ``manage.py db_worker``, on a fresh SQLite database:
 
 * ``enqueue → result``: one check at a time, from ``request_check`` (the row and the task are
@@ -24,7 +25,7 @@ import subprocess
 import sys
 import time
 
-from bench.harness import ROOT, free_port, set_up_django, stop, wait_listening
+from bench.harness import ROOT, free_port, production_env, set_up_django, stop, wait_listening
 
 CHECKS = int(os.environ.get("BENCH_CHECKS", "200"))
 SAMPLES = int(os.environ.get("BENCH_CHECK_SAMPLES", "15"))
@@ -36,7 +37,7 @@ def _start_worker(interval):
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "manage.py"), "db_worker", "--no-reload",
          "--interval", str(interval), "-v", "0"],
-        cwd=ROOT, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT, env=production_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     time.sleep(1.5)  # Django start-up and the worker's random start-up delay (< 1 s)
     return process
@@ -84,7 +85,7 @@ def run():
     broker = subprocess.Popen(
         [sys.executable, str(ROOT / "manage.py"), "runbroker", "--host", "127.0.0.1",
          "--port", str(broker_port)],
-        cwd=ROOT, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT, env=production_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     rows = []
     try:
@@ -130,14 +131,14 @@ def run():
         worker = subprocess.Popen(
             [sys.executable, str(ROOT / "manage.py"), "runworker", "--no-reload",
              "--interval", "0.2", "-v", "0"],
-            cwd=ROOT, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd=ROOT, env=production_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         time.sleep(1.5)
         try:
             started = time.perf_counter()
             command = subprocess.run(
                 [sys.executable, str(ROOT / "manage.py"), "checkconnections", "--product", "fleet"],
-                cwd=ROOT, env=os.environ.copy(), capture_output=True, text=True)
+                cwd=ROOT, env=production_env(), capture_output=True, text=True)
             elapsed = time.perf_counter() - started
         finally:
             stop(worker)

@@ -30,7 +30,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bench.harness import ROOT, free_port, set_up_django, stop, wait_listening
+from bench.harness import ROOT, free_port, production_env, set_up_django, stop, wait_listening
 
 SECONDS = float(os.environ.get("BENCH_HTTP_SECONDS", "4"))
 ROUNDS = int(os.environ.get("BENCH_HTTP_ROUNDS", "2"))
@@ -143,12 +143,7 @@ def run():
     port = free_port()
     bind = f"127.0.0.1:{port}"
     (_, command), = [p for p in RunPortal().processes(bind, "127.0.0.1") if p[0] == "web"]
-    # Production settings (PORTAL_DEBUG=0: no query log, no debug pages), the development keys.
-    data = Path(os.environ["PORTAL_DATA_DIR"])
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "bench.bench_settings", "PORTAL_DEBUG": "0",
-           "PORTAL_SECRET_KEY": (data / "dev-secret-key.txt").read_text().strip(),
-           "PORTAL_SECRETS_KEY": (data / "dev-secrets-key.txt").read_text().strip(),
-           "PORTAL_ALLOWED_HOSTS": "127.0.0.1", "PORTAL_SECURE_COOKIES": "0"}
+    env = production_env(DJANGO_SETTINGS_MODULE="bench.bench_settings")
     server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     base = f"http://{bind}"
