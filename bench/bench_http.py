@@ -1,7 +1,7 @@
 """Requests per second of the portal's machine-facing HTTP paths against a bare Django view.
 
 One gunicorn, started with exactly the command ``make run`` uses (``runportal``'s), on
-127.0.0.1, with the settings ``bench/bench_settings.py`` (the portal's production settings,
+127.0.0.1, with the settings ``bench.http_settings.py`` (the portal's production settings,
 ``PORTAL_DEBUG=0``, plus ``/bench/bare``: a ``JsonResponse`` of the mqtt-params answer's size
 through the same middleware) on a fresh SQLite database. Load comes from
 wrk (Debian's ``wrk``; ``make bench`` installs it when missing), one thread, CONNECTIONS
@@ -143,7 +143,7 @@ def run():
     port = free_port()
     bind = f"127.0.0.1:{port}"
     (_, command), = [p for p in RunPortal().processes(bind, "127.0.0.1") if p[0] == "web"]
-    env = production_env(DJANGO_SETTINGS_MODULE="bench.bench_settings")
+    env = production_env(DJANGO_SETTINGS_MODULE="bench.http_settings")
     server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     base = f"http://{bind}"

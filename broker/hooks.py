@@ -179,7 +179,13 @@ def _holder(record):
     from devices import emqx
     from devices.models import BrokerSession
 
-    sessions = BrokerSession.objects.connected().filter(device_id=record.pk)
+    # By username, which names the device exactly (deviceId&productId: parse_username takes
+    # nothing else, and a deleted device's sessions go with it): the (username, connected_at)
+    # index finds the connected ones at once, where the device's own index made SQLite read
+    # every pending session of a device that reconnects again and again.
+    sessions = BrokerSession.objects.connected().filter(
+        username=f"{record.device_id}&{record.product_id}"
+    )
     if record.secret_rotated_at is not None:  # signed with the old secret: being kicked
         sessions = sessions.filter(authenticated_at__gte=record.secret_rotated_at)
     for session in sessions.order_by("-exclusive", "-connected_at"):
