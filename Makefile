@@ -37,5 +37,7 @@ lint: install
 	$(VENV)/bin/lint-imports --no-cache --no-logo
 
 # Benchmarks (bench/bench_*.py): prints a table and writes bench/results.json.
+# bench_http loads gunicorn with wrk (Debian's package), installed here when missing.
 bench: install
+	@command -v wrk >/dev/null || apt-get install -y wrk || sudo apt-get install -y wrk
 	$(PY) bench/run.py $(BENCH_ARGS)

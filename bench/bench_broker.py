@@ -9,6 +9,8 @@ over another's). Modes:
   verification through devices.signing, the registry, the session rules and the status writes.
 * ``portal broker, cache off``: the same with every CONNECT looking the device up.
 * ``plain amqtt``: amqtt 0.12.1's own Broker, anonymous clients allowed, no plugins of ours.
+
+The portal's broker runs with the production settings (``PORTAL_DEBUG=0``), as deployed.
 """
 
 from __future__ import annotations
@@ -21,7 +23,15 @@ import sys
 import threading
 import time
 
-from bench.harness import ROOT, connect_packet, free_port, set_up_django, stop, wait_listening
+from bench.harness import (
+    ROOT,
+    connect_packet,
+    free_port,
+    production_env,
+    set_up_django,
+    stop,
+    wait_listening,
+)
 
 CONNECTIONS = int(os.environ.get("BENCH_BROKER_CONNECTIONS", "1000"))
 THREADS = int(os.environ.get("BENCH_BROKER_THREADS", "4"))
@@ -119,7 +129,7 @@ def run():
             command = [sys.executable, "-c", PLAIN_AMQTT % port]
         else:
             command = command + [str(port)]
-        env = {**os.environ, **extra_env}
+        env = production_env(**extra_env)
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
         try:

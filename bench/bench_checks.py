@@ -1,12 +1,16 @@
 """Connection checks: how long a person waits, and how many checks one worker completes.
 
-One run, 127.0.0.1, one embedded broker (``manage.py runbroker``, plain TCP, securemode=3) and
+One run, 127.0.0.1 (the broker and the workers with the production settings, PORTAL_DEBUG=0),
+one embedded broker (``manage.py runbroker``, plain TCP, securemode=3) and
 one ``manage.py db_worker``, on a fresh SQLite database:
 
 * ``enqueue → result``: one check at a time, from ``request_check`` (the row and the task are
   committed) until the row says succeeded, with the poll interval ``make run`` gives its worker
   (``--interval 0.2``) and with db_worker's default (1 s).
 * ``one worker``: CHECKS checks queued at once; checks per second until the last one finished.
+* ``fleet run, one worker``: ``manage.py checkconnections`` over FLEET_DEVICES devices of one
+  product with one ``runworker`` (as ``make run`` starts it): checks per second from the
+  command's start until it exits (queueing, running, waiting for the last result).
 * ``run_connection_check loop``: the same check (paho connect, CONNACK, QoS 1 publish, PUBACK,
   disconnect) in a loop in this process, without the queue and the database: what the worker
   adds is the difference.
@@ -21,18 +25,19 @@ import subprocess
 import sys
 import time
 
-from bench.harness import ROOT, free_port, set_up_django, stop, wait_listening
+from bench.harness import ROOT, free_port, production_env, set_up_django, stop, wait_listening
 
 CHECKS = int(os.environ.get("BENCH_CHECKS", "200"))
 SAMPLES = int(os.environ.get("BENCH_CHECK_SAMPLES", "15"))
 DEVICES = 20
+FLEET_DEVICES = int(os.environ.get("BENCH_FLEET_DEVICES", "1000"))
 
 
 def _start_worker(interval):
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "manage.py"), "db_worker", "--no-reload",
          "--interval", str(interval), "-v", "0"],
-        cwd=ROOT, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT, env=production_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     time.sleep(1.5)  # Django start-up and the worker's random start-up delay (< 1 s)
     return process
@@ -80,7 +85,7 @@ def run():
     broker = subprocess.Popen(
         [sys.executable, str(ROOT / "manage.py"), "runbroker", "--host", "127.0.0.1",
          "--port", str(broker_port)],
-        cwd=ROOT, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT, env=production_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     rows = []
     try:
@@ -117,6 +122,31 @@ def run():
         rows.append({"benchmark": "one db_worker", "metric": "checks per second", "unit": "1/s",
                      "value": CHECKS / elapsed, "checks": CHECKS, "failures": failures,
                      "enqueue_seconds": queued})
+
+        # A fleet run: checkconnections over a product of FLEET_DEVICES devices, one runworker.
+        fleet = Product.objects.create(product_id="fleet", name="Fleet")
+        Device.objects.bulk_create(
+            [Device(product=fleet, device_id=f"fleet-{i:06d}") for i in range(FLEET_DEVICES)],
+            batch_size=2000)
+        worker = subprocess.Popen(
+            [sys.executable, str(ROOT / "manage.py"), "runworker", "--no-reload",
+             "--interval", "0.2", "-v", "0"],
+            cwd=ROOT, env=production_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        time.sleep(1.5)
+        try:
+            started = time.perf_counter()
+            command = subprocess.run(
+                [sys.executable, str(ROOT / "manage.py"), "checkconnections", "--product", "fleet"],
+                cwd=ROOT, env=production_env(), capture_output=True, text=True)
+            elapsed = time.perf_counter() - started
+        finally:
+            stop(worker)
+        summary = [line for line in command.stdout.splitlines() if line.startswith("Summary")]
+        rows.append({"benchmark": "fleet run, one worker", "metric": "checks per second",
+                     "unit": "1/s", "value": FLEET_DEVICES / elapsed, "checks": FLEET_DEVICES,
+                     "seconds": elapsed, "summary": summary[0] if summary else command.stderr[-300:],
+                     "exit_status": command.returncode})
 
         # The same check without the queue, and a bare paho connect loop, on the same broker.
         params = [d.connection_params(ConnectionOptions(securemode=3, timestamp=None))

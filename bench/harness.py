@@ -37,6 +37,17 @@ def set_up_django(prefix, **env):
     call_command("migrate", verbosity=0)
 
 
+def production_env(**extra):
+    """The environment for the servers a benchmark starts (broker, worker, gunicorn): the
+    production settings (``PORTAL_DEBUG=0``: no query log, no debug pages) with the development
+    keys of ``set_up_django``'s data folder, as a deployment runs them."""
+    data = Path(os.environ["PORTAL_DATA_DIR"])
+    return {**os.environ, "PORTAL_DEBUG": "0",
+            "PORTAL_SECRET_KEY": (data / "dev-secret-key.txt").read_text().strip(),
+            "PORTAL_SECRETS_KEY": (data / "dev-secrets-key.txt").read_text().strip(),
+            "PORTAL_ALLOWED_HOSTS": "127.0.0.1", "PORTAL_SECURE_COOKIES": "0", **extra}
+
+
 def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -31,8 +31,15 @@ RATIOS = [
     (("portal broker, cache off", "connects per second"),
      ("plain amqtt (anonymous)", "connects per second")),
     (("one db_worker", "checks per second"), ("bare paho connect loop", "connects per second")),
+    (("fleet run, one worker", "checks per second"),
+     ("bare paho connect loop", "connects per second")),
     (("run_connection_check loop", "checks per second"),
      ("bare paho connect loop", "connects per second")),
+    # The HTTP paths (bench_http.py) over a bare JsonResponse view on the same gunicorn.
+    (("/mqtt/auth, reconnect storm", "requests per second"),
+     ("bare Django view", "requests per second")),
+    (("/mqtt/auth, one device", "requests per second"), ("bare Django view", "requests per second")),
+    (("mqtt-params, API token", "requests per second"), ("bare Django view", "requests per second")),
     # The connection log's cost (bench_connection_log.py): log on over log off, goal ≥ 0.90.
     (("embedded broker, refusal storm, log on", "connects per second"),
      ("embedded broker, refusal storm, log off", "connects per second")),

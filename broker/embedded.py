@@ -593,10 +593,18 @@ class PortalBroker(Broker):
             return
 
         try:
-            verdict = await self._db(
-                self._auth_pool, verifier.authenticate_connect,
-                mqtt_client_id, username, connect.payload.password, transport,
-            )
+            # A device in the verifier's short cache is verified here, in the loop (no query:
+            # hashing only); any other goes to a thread for its registry look-up.
+            verdict = verifier.authenticate_connect(
+                mqtt_client_id, username, connect.payload.password, transport, cached_only=True)
+        except verifier.NotCached:
+            verdict = None
+        try:
+            if verdict is None:
+                verdict = await self._db(
+                    self._auth_pool, verifier.authenticate_connect,
+                    mqtt_client_id, username, connect.payload.password, transport,
+                )
         except Exception as error:
             logger.error("Registry unavailable while verifying %s: %s", shown(who, MAX_TEXT_CHARS),
                          shown(error, MAX_TEXT_CHARS))

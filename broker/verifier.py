@@ -74,8 +74,13 @@ class _RegistryCache:
 registry_cache = _RegistryCache()
 
 
-def lookup_device(product_id: str, device_id: str) -> DeviceRecord | None:
-    """The device's record from the registry (or the short cache); None when unknown."""
+class NotCached(Exception):
+    """``cached_only``: the device is not in the short cache (a query would be needed)."""
+
+
+def lookup_device(product_id: str, device_id: str, cached_only: bool = False) -> DeviceRecord | None:
+    """The device's record from the registry (or the short cache); None when unknown.
+    ``cached_only``: raise NotCached rather than query (an event loop's fast path)."""
     from devices.models import Device
 
     key = (product_id, device_id)
@@ -84,6 +89,8 @@ def lookup_device(product_id: str, device_id: str) -> DeviceRecord | None:
         record = registry_cache.get(key, max_age_s)
         if record is not None:
             return record
+    if cached_only:
+        raise NotCached(key)
     device = (
         Device.objects.filter(product__product_id=product_id, device_id=device_id)
         .only("pk", "device_secret", "enabled", "secret_rotated_at")
@@ -135,13 +142,15 @@ def refuse(code: str, reason: str, parsed: signing.ParsedConnect | None = None) 
 
 
 def authenticate_connect(
-    mqtt_client_id, mqtt_username, mqtt_password, transport: str | None = None
+    mqtt_client_id, mqtt_username, mqtt_password, transport: str | None = None,
+    cached_only: bool = False,
 ) -> ConnectVerdict:
     """Verify a CONNECT against the registry, from one parse of its fields.
 
     Order: the fields' form, then the device's existence, then the signature (and the
     transport and clock rules, all in ``signing.verify_parsed``), and only then whether the
     device is enabled, so that "device disabled" in a log always means a correctly signed device.
+    ``cached_only``: raise NotCached instead of looking the device up in the registry.
     """
     if transport is not None and transport not in TRANSPORTS:
         raise ValueError(f"transport must be one of {TRANSPORTS} or None, not {transport!r}")
@@ -149,7 +158,7 @@ def authenticate_connect(
         parsed = signing.parse_connect(mqtt_client_id, mqtt_username)
     except signing.SigningError as error:
         return refuse(error.code, error.message)
-    record = lookup_device(parsed.product_id, parsed.device_id)
+    record = lookup_device(parsed.product_id, parsed.device_id, cached_only)
     if record is None:
         return refuse(
             "unknown_device",

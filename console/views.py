@@ -65,12 +65,16 @@ def _device_page(queryset, page):
     A COUNT over 100,000 filtered rows costs more than the page itself; "next" is all we need.
     """
     start = (page - 1) * PAGE_SIZE
-    rows = list(
-        queryset.select_related("product").only(
-            "device_id", "name", "status", "enabled", "last_online_at", "product__product_id",
-            "product__name",
-        )[start : start + PAGE_SIZE + 1]
+    # The page's ids first, from the devices table alone: joined with products, SQLite's planner
+    # sorted a product's 1,000,000 devices in a temporary B-tree (340 ms); alone, it walks the
+    # (product, deviceId) index in order (under 1 ms). Then the page's rows by id.
+    ids = list(queryset.values_list("pk", flat=True)[start : start + PAGE_SIZE + 1])
+    loaded = Device.objects.filter(pk__in=ids).select_related("product").only(
+        "device_id", "name", "status", "enabled", "last_online_at", "product__product_id",
+        "product__name",
     )
+    by_pk = {device.pk: device for device in loaded}
+    rows = [by_pk[pk] for pk in ids if pk in by_pk]
     return {
         "devices": rows[:PAGE_SIZE],
         "page": page,

@@ -221,21 +221,34 @@ def _write(pending: list[PendingEvent]) -> None:
     }
     touched = set()
     budget = {"left": DIAGNOSIS_BUDGET_S}
+
+    def fold_target(event, product, device):
+        window_start = event.at - timedelta(seconds=FOLD_WINDOW_S)
+        return (
+            ConnectionEvent.objects.filter(
+                product=product, device=device, kind=event.kind, code=event.code,
+                client_id=event.client_id, peer_host=peer_host(event.peer),
+                first_at__gt=window_start,
+            )
+            .order_by("-first_at", "-id")
+            .only("pk", "last_at")
+            .first()
+        )
+
+    # The findings (the diagnosis: CPU work, both languages) are made before the transaction,
+    # for the events that will not fold into an earlier row, so that the write lock (SQLite has
+    # one for all processes) is held only for the writes. A fold that appears meanwhile wins.
+    findings = {}
+    for index, event in enumerate(pending):
+        product = products.get(event.product_id)
+        device = devices.get((event.product_id, event.device_id)) if product else None
+        if fold_target(event, product, device) is None:
+            findings[index] = _findings(event, device, budget)
     with transaction.atomic():
-        for event in pending:
+        for index, event in enumerate(pending):
             product = products.get(event.product_id)
             device = devices.get((event.product_id, event.device_id)) if product else None
-            window_start = event.at - timedelta(seconds=FOLD_WINDOW_S)
-            existing = (
-                ConnectionEvent.objects.filter(
-                    product=product, device=device, kind=event.kind, code=event.code,
-                    client_id=event.client_id, peer_host=peer_host(event.peer),
-                    first_at__gt=window_start,
-                )
-                .order_by("-first_at", "-id")
-                .only("pk", "last_at")
-                .first()
-            )
+            existing = fold_target(event, product, device)
             if existing is not None:
                 from django.db.models import F
 
@@ -249,7 +262,8 @@ def _write(pending: list[PendingEvent]) -> None:
                 peer_host=peer_host(event.peer), transport=event.transport,
                 protocol=event.protocol, client_id=event.client_id,
                 named_device_id=_cut(event.device_id or "", 64), connack=event.connack,
-                code=event.code, findings=_findings(event, device, budget), count=event.count,
+                code=event.code, count=event.count,
+                findings=findings[index] if index in findings else _findings(event, device, budget),
                 session_seconds=event.session_seconds, taker_peer=event.taker_peer,
                 taker_client_id=event.taker_client_id,
             )

@@ -6,6 +6,7 @@ import functools
 import hashlib
 import secrets
 import string
+import time
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -318,6 +319,9 @@ class Device(models.Model):
 # How long an accepted CONNECT waits for EMQX's client.connected event, and how long it gives
 # rights before that event (EMQX's webhook is asynchronous, its ACL requests are not).
 SESSION_PENDING_SECONDS = 300
+# How often a process sweeps the pending sessions older than that (record_authenticated).
+PENDING_SWEEP_EVERY_S = 10
+_last_pending_sweep = float("-inf")
 SESSION_PENDING_GRANT_SECONDS = 30
 
 
@@ -343,10 +347,15 @@ class BrokerSessionQuerySet(models.QuerySet):
     def record_authenticated(self, device_pk, username, client_id, peerhost, exclusive,
                              broker_client_id=""):
         now = timezone.now()
-        self.filter(
-            connected_at__isnull=True,
-            authenticated_at__lt=now - timezone.timedelta(seconds=SESSION_PENDING_SECONDS),
-        ).delete()  # accepted CONNECTs that never became a connection
+        global _last_pending_sweep
+        if time.monotonic() - _last_pending_sweep >= PENDING_SWEEP_EVERY_S:
+            # Accepted CONNECTs that never became a connection: swept now and then (a write
+            # transaction of its own on every CONNECT halved a reconnect storm's rate on SQLite).
+            _last_pending_sweep = time.monotonic()
+            self.filter(
+                connected_at__isnull=True,
+                authenticated_at__lt=now - timezone.timedelta(seconds=SESSION_PENDING_SECONDS),
+            ).delete()
         return self.create(
             device_id=device_pk, username=_db_text(username, 129),
             client_id=_db_text(client_id, 255), broker_client_id=_db_text(broker_client_id, 255),

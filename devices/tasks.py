@@ -206,3 +206,158 @@ def _run(check: ConnectionCheck):
         topic=CHECK_TOPIC.format(product_id=device.product.product_id, device_id=device.device_id),
         timeout=settings.CHECK_STEP_TIMEOUT,
     )
+
+
+# --- Fleet checks (checkconnections): many checks per task, run concurrently -------------------
+# A fleet task runs FLEET_CONCURRENCY checks at a time in threads (network only: the database is
+# touched by the task's own thread alone), claims checks in bulk as slots free up and writes
+# results in bulk. A check is claimed (running) only when a slot takes it, so each check keeps
+# its own check_max_runtime(); the task stops claiming after FLEET_TASK_BUDGET_S and queues what
+# is left as a new task, so that it stays within task_max_runtime() however slow the checks are.
+FLEET_CONCURRENCY = 16
+FLEET_CHUNK = 1000
+FLEET_FLUSH_EVERY_S = 0.25  # results are written at least this often (progress for a watcher)
+FLEET_GATHER_S = 0.005
+_RESULT_FIELDS = ["status", "outcome", "reason", "connack_code", "latencies", "finished_at"]
+
+
+def request_fleet_checks(devices, *, options: ConnectionOptions | None = None,
+                         requested_by=None, force: bool = False) -> list[ConnectionCheck]:
+    """Queue one check per device (rows in bulk), run by ``run_fleet_checks`` tasks of
+    FLEET_CHUNK checks each. Same rules as :func:`request_check`: options are validated for every
+    device (OptionError), an online device needs ``force`` (DeviceOnlineError)."""
+    options = options or ConnectionOptions()
+    stored = options.as_query()
+    stored["protocol"] = DEFAULT_PROTOCOL
+    requester = requested_by if requested_by and requested_by.is_authenticated else None
+    rows = []
+    for device in devices:
+        device.connection_params(options)  # validates; the password is computed again at run time
+        if device.status == DeviceStatus.ONLINE and not force:
+            raise DeviceOnlineError(device)
+        rows.append(ConnectionCheck(device=device, options=dict(stored), requested_by=requester))
+    checks = ConnectionCheck.objects.bulk_create(rows, batch_size=500)
+    for start in range(0, len(checks), FLEET_CHUNK):
+        ids = [check.pk for check in checks[start:start + FLEET_CHUNK]]
+        transaction.on_commit(lambda ids=ids: _enqueue_fleet(ids))
+    return checks
+
+
+def _enqueue_fleet(check_ids: list[int]):
+    try:
+        result = run_fleet_checks.enqueue(check_ids)
+    except Exception as error:  # noqa: BLE001 - a queue that is down must not leave them queued
+        logger.exception("fleet checks %s… could not be queued", check_ids[:1])
+        _store([(check, _internal_error(f"could not be queued: {type(error).__name__}"))
+                for check in ConnectionCheck.objects.filter(pk__in=check_ids)])
+        return
+    ConnectionCheck.objects.filter(pk__in=check_ids).update(task_id=str(result.id)[:64])
+
+
+def _internal_error(detail):
+    from .connection_check import CheckResult
+
+    return CheckResult(Outcome.INTERNAL_ERROR, detail=detail)
+
+
+def _claim_many(check_ids, deferred: list) -> list[ConnectionCheck]:
+    """Mark running, in one transaction, those of ``check_ids`` still queued whose device runs
+    no other check (as :func:`_claim`, for many); the others of a busy device go to
+    ``deferred``. Returns the claimed checks, their device and product loaded."""
+    if not check_ids:
+        return []
+    with transaction.atomic():
+        checks = list(
+            ConnectionCheck.objects.filter(pk__in=check_ids, status=CheckStatus.QUEUED)
+            .select_related("device__product").order_by("pk")  # first queued, first run
+        )
+        device_ids = {check.device_id for check in checks}
+        list(Device.objects.select_for_update().filter(pk__in=device_ids).values("pk"))
+        busy = set(
+            ConnectionCheck.objects.filter(device_id__in=device_ids, status=CheckStatus.RUNNING)
+            .values_list("device_id", flat=True)
+        )
+        claimed = []
+        for check in checks:
+            if check.device_id in busy:
+                deferred.append(check.pk)
+                continue
+            busy.add(check.device_id)  # two checks of one device in one batch: the second waits
+            claimed.append(check)
+        now, runner = timezone.now(), runner_name()
+        ConnectionCheck.objects.filter(
+            pk__in=[check.pk for check in claimed], status=CheckStatus.QUEUED
+        ).update(status=CheckStatus.RUNNING, started_at=now, runner=runner)
+    for check in claimed:
+        check.status, check.started_at, check.runner = CheckStatus.RUNNING, now, runner
+    return claimed
+
+
+def _run_safely(check):
+    try:
+        return _run(check)
+    except Exception as error:  # noqa: BLE001 - a check must end with a reason, never stuck
+        logger.exception("connection check %s failed unexpectedly", check.pk)
+        return _internal_error(f"{type(error).__name__}: {error}")
+
+
+def _store(results):
+    """The results of many checks in one UPDATE (the fields ``ConnectionCheck.finish`` writes)."""
+    if not results:
+        return
+    now = timezone.now()
+    checks = []
+    for check, result in results:
+        check.status = (
+            CheckStatus.SUCCEEDED if result.outcome == Outcome.ACCEPTED else CheckStatus.FAILED
+        )
+        check.outcome = result.outcome
+        check.reason = result.detail
+        check.connack_code = result.connack_code
+        check.latencies = result.latencies or {}
+        check.finished_at = now
+        checks.append(check)
+    ConnectionCheck.objects.bulk_update(checks, _RESULT_FIELDS)
+
+
+@task()
+def run_fleet_checks(check_ids: list[int]) -> dict:
+    """Run these queued checks, FLEET_CONCURRENCY at a time; returns the count per outcome.
+
+    A check whose device already runs another check is handed to :func:`run_check` (one task
+    for it, which waits its turn), so the one-check-per-device rule holds as for any check."""
+    from collections import Counter
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    from .task_results import task_max_runtime
+
+    ConnectionCheck.objects.reap_stale()
+    pending, deferred, results, counts = list(check_ids), [], [], Counter()
+    running = {}
+    stop_claiming = time.monotonic() + task_max_runtime() - 2 * check_max_runtime()
+    with ThreadPoolExecutor(FLEET_CONCURRENCY, thread_name_prefix="fleet-check") as pool:
+        while pending or running or results:
+            if pending and time.monotonic() > stop_claiming:
+                _enqueue_fleet(pending)  # the rest as a task of its own
+                pending = []
+            free = FLEET_CONCURRENCY - len(running)
+            batch, pending = pending[:free], pending[free:]
+            # One write transaction per round: the results that came in and the claims for the
+            # slots they freed (on SQLite every write transaction queues for the one lock).
+            with transaction.atomic():
+                _store(results)
+                claimed = _claim_many(batch, deferred)
+            results = []
+            for check in claimed:
+                running[pool.submit(_run_safely, check)] = check
+            if not running:
+                continue
+            wait(running, timeout=FLEET_FLUSH_EVERY_S, return_when=FIRST_COMPLETED)
+            time.sleep(FLEET_GATHER_S)  # let the checks finishing at about the same time join in
+            for future in [f for f in running if f.done()]:
+                check = running.pop(future)
+                results.append((check, future.result()))
+                counts[results[-1][1].outcome] += 1
+    for check_id in deferred:
+        _enqueue(check_id)
+    return dict(counts)

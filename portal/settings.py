@@ -200,10 +200,24 @@ DATABASES = {
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Web server, worker and broker share one SQLite file: wait for locks instead of failing.
+    # Connections are kept (PORTAL_DB_CONN_MAX_AGE, as on other databases): opening one costs a
+    # file open and the WAL pragma on every request. Safe with gunicorn's threads (each thread has
+    # its own connection) and with WAL (autocommit: a kept connection holds no read snapshot
+    # between queries, so checkpoints are not held back).
+    # synchronous=NORMAL (PORTAL_SQLITE_SYNCHRONOUS): with WAL the database stays consistent
+    # whatever happens, and a crash of a process loses nothing; only a power cut or an OS crash
+    # can roll back the last commits. It takes the fsync off every commit (0.26 ms → 0.01 ms
+    # here), which is what a reconnect storm's session records queue behind. FULL: every commit
+    # durable.
+    _synchronous = os.environ.get("PORTAL_SQLITE_SYNCHRONOUS", "NORMAL").strip().upper()
+    if _synchronous not in ("NORMAL", "FULL"):
+        raise ImproperlyConfigured(
+            f"PORTAL_SQLITE_SYNCHRONOUS must be NORMAL or FULL, not {_synchronous!r}."
+        )
     DATABASES["default"].setdefault("OPTIONS", {}).update(
-        {"timeout": 20, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"}
+        {"timeout": 20, "transaction_mode": "IMMEDIATE",
+         "init_command": f"PRAGMA journal_mode=WAL; PRAGMA synchronous={_synchronous};"}
     )
-    DATABASES["default"]["CONN_MAX_AGE"] = 0
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -123,3 +123,25 @@ def test_topic_rights(topic, allowed):
                                                   (2, False, True), (1, True, True)])
 def test_the_publish_profile(qos, retain, refused):
     assert (verifier.publish_refusal(qos, retain) is not None) is refused
+
+
+def test_cached_only_verifies_a_cached_device_without_a_query_and_refuses_to_query_otherwise(
+    doc_device, settings, django_assert_num_queries
+):
+    """The embedded broker's fast path (verified in its event loop, where no query may run)."""
+    import pytest as _pytest
+
+    from broker import verifier
+    from devices import signing
+
+    settings.MQTT_AUTH_CACHE_MS = 1000
+    verifier.registry_cache.clear()
+    fields = signing.render("pk", "device", "secret", client_id="c1", securemode=3,
+                            signmethod="hmacsha256", timestamp=None)
+    args = (fields.mqtt_client_id, fields.mqtt_username, fields.mqtt_password, "tcp")
+    with django_assert_num_queries(0), _pytest.raises(verifier.NotCached):
+        verifier.authenticate_connect(*args, cached_only=True)
+    assert verifier.authenticate_connect(*args).accepted  # looks it up, keeps it
+    with django_assert_num_queries(0):
+        assert verifier.authenticate_connect(*args, cached_only=True).accepted
+    verifier.registry_cache.clear()

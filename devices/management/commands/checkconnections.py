@@ -1,19 +1,23 @@
 """Test the connection of many devices at once, for scheduled sweeps (cron).
 
-The checks are queued like any other (the background worker runs them); this command waits for
-them, draws a progress bar on a terminal (one line per result otherwise), prints a summary and
+The checks are queued in bulk as fleet tasks (``devices.tasks.request_fleet_checks``: the
+background worker runs many checks of a task at once, with the same rules as any check); this
+command waits for them, draws a progress bar on a terminal (one line per result otherwise), prints a summary and
 exits with status 1 when any check failed, so that cron mails the failures.
 """
 
 import time
 from collections import Counter
+from datetime import timedelta
 
 from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
 
 from devices.models import ConnectionCheck, Device, DeviceStatus, Product
-from devices.tasks import request_check
+from devices.tasks import request_fleet_checks
 
 POLL_SECONDS = 0.2
+SINCE_MARGIN = timedelta(seconds=30)
 BAR_WIDTH = 30
 
 
@@ -53,12 +57,13 @@ class Command(BaseCommand):
         if not include_disabled:
             devices = devices.filter(enabled=True)
         skipped_online = []
-        checks = []
+        to_check = []
         for device in devices:
             if device.status == DeviceStatus.ONLINE and not force:
                 skipped_online.append(device)
                 continue
-            checks.append(request_check(device, force=force))
+            to_check.append(device)
+        checks = request_fleet_checks(to_check, force=force) if to_check else []
         if skipped_online:
             self.stdout.write(
                 f"Skipped {len(skipped_online)} online device(s) (a check would disconnect them; "
@@ -77,10 +82,23 @@ class Command(BaseCommand):
         deadline = time.monotonic() + timeout
         if tty:
             self.draw(0, len(checks), Counter())
+        # The checks' ids are one range (bulk-created): polled by range and by what finished since
+        # the last poll (with a margin for the clocks of other hosts' workers), never by a list
+        # of ids, which a fleet of 100,000 would make longer than a database accepts.
+        low, high = min(pending), max(pending)
+        since = None
         while pending and time.monotonic() < deadline:
+            polled_at = timezone.now()
             ConnectionCheck.objects.reap_stale()
-            done = ConnectionCheck.objects.filter(pk__in=pending, status__in=["succeeded", "failed"])
+            done = ConnectionCheck.objects.filter(
+                pk__range=(low, high), status__in=["succeeded", "failed"]
+            )
+            if since is not None:
+                done = done.filter(finished_at__gte=since - SINCE_MARGIN)
+            since = polled_at
             for check in done.select_related("device__product"):
+                if check.pk not in pending:
+                    continue
                 pending.discard(check.pk)
                 finished[check.pk] = check
                 if not tty:

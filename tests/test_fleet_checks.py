@@ -1,0 +1,88 @@
+"""Fleet checks (``request_fleet_checks`` / ``run_fleet_checks``, what checkconnections queues):
+many checks per task, run at once, results written in bulk, the rules of a single check kept."""
+
+import io
+import time
+
+import pytest
+from django.core.management import call_command
+
+from devices import tasks
+from devices.choices import Outcome
+from devices.models import CheckStatus, ConnectionCheck, Device, DeviceStatus
+from devices.tasks import DeviceOnlineError, request_fleet_checks
+
+
+@pytest.fixture
+def devices(product):
+    return [Device.objects.create(product=product, device_id=f"fleet-{i:03d}") for i in range(24)]
+
+
+def test_a_claim_leaves_a_device_that_runs_a_check_to_wait(devices, django_assert_max_num_queries):
+    busy, free = devices[:2]
+    ConnectionCheck.objects.create(device=busy, status=CheckStatus.RUNNING,
+                                   runner="elsewhere:1", started_at=busy.created_at)
+    queued = [ConnectionCheck.objects.create(device=d) for d in (busy, free, free)]
+    deferred = []
+    with django_assert_max_num_queries(6):  # one transaction for the whole batch
+        claimed = tasks._claim_many([c.pk for c in queued], deferred)
+    # The busy device's check waits; of two checks of one device only the first runs now.
+    assert [c.pk for c in claimed] == [queued[1].pk]
+    assert deferred == [queued[0].pk, queued[2].pk]
+    assert ConnectionCheck.objects.get(pk=queued[1].pk).status == CheckStatus.RUNNING
+    assert ConnectionCheck.objects.get(pk=queued[0].pk).status == CheckStatus.QUEUED
+
+
+def test_an_online_device_needs_force(devices):
+    Device.objects.filter(pk=devices[0].pk).update(status=DeviceStatus.ONLINE)
+    devices[0].refresh_from_db()
+    with pytest.raises(DeviceOnlineError):
+        request_fleet_checks(devices[:1])
+    assert not ConnectionCheck.objects.exists()
+
+
+@pytest.mark.broker
+def test_checks_run_at_once_and_each_ends_with_its_result(
+    transactional_db, devices, silent_server, settings
+):
+    """Against a server that never answers, each check waits its CONNACK timeout (1 s): run one
+    after the other, 24 checks would take 24 s; a fleet task runs FLEET_CONCURRENCY at once."""
+    settings.MQTT_HOST, settings.MQTT_PORT, settings.MQTT_TLS_PORT = (
+        "127.0.0.1", silent_server.port, None)
+    settings.CHECK_STEP_TIMEOUT = 1
+    started = time.monotonic()
+    checks = request_fleet_checks(devices)  # ImmediateBackend: the tasks run here, now
+    elapsed = time.monotonic() - started
+    assert elapsed < 24 / tasks.FLEET_CONCURRENCY + 4, elapsed
+    stored = ConnectionCheck.objects.filter(pk__in=[c.pk for c in checks])
+    assert {(c.status, c.outcome) for c in stored} == {(CheckStatus.FAILED, Outcome.NO_CONNACK)}
+    assert all(c.finished_at and c.started_at for c in stored)
+
+
+def test_checkconnections_over_a_fleet_succeeds_with_few_tasks(mqtt_broker, start_worker, product):
+    Device.objects.bulk_create(
+        [Device(product=product, device_id=f"many-{i:03d}") for i in range(150)])
+    start_worker(mqtt_broker)
+    out = io.StringIO()
+    call_command("checkconnections", "--product", product.product_id, stdout=out)
+    assert "Summary: 150 checked, 150 succeeded, 0 failed." in out.getvalue()
+    task_ids = set(ConnectionCheck.objects.values_list("task_id", flat=True))
+    assert len(task_ids) == -(-150 // tasks.FLEET_CHUNK)  # one task per chunk, not per check
+
+
+def test_a_task_past_its_budget_hands_the_rest_to_a_new_task(
+    transactional_db, devices, silent_server, settings, monkeypatch
+):
+    """However slow the checks, a task stops claiming in time to end within task_max_runtime()."""
+    from devices import task_results
+
+    settings.MQTT_HOST, settings.MQTT_PORT, settings.MQTT_TLS_PORT = (
+        "127.0.0.1", silent_server.port, None)
+    settings.CHECK_STEP_TIMEOUT = 1
+    handed = []
+    monkeypatch.setattr(task_results, "task_max_runtime", lambda: 2 * tasks.check_max_runtime())
+    monkeypatch.setattr(tasks, "_enqueue_fleet", handed.append)
+    checks = ConnectionCheck.objects.bulk_create([ConnectionCheck(device=d) for d in devices])
+    tasks.run_fleet_checks.call([c.pk for c in checks])
+    assert handed == [[c.pk for c in checks]]  # the budget was spent at once: nothing claimed
+    assert set(ConnectionCheck.objects.values_list("status", flat=True)) == {CheckStatus.QUEUED}
