@@ -238,8 +238,12 @@ def _write(pending: list[PendingEvent]) -> None:
     # The findings (the diagnosis: CPU work, both languages) are made before the transaction,
     # for the events that will not fold into an earlier row, so that the write lock (SQLite has
     # one for all processes) is held only for the writes. A fold that appears meanwhile wins.
+    # Only refusals are diagnosed (an accepted CONNECT's clock warnings and an end of session
+    # cost next to nothing), so only they are looked up here.
     findings = {}
     for index, event in enumerate(pending):
+        if not _needs_diagnosis(event):
+            continue
         product = products.get(event.product_id)
         device = devices.get((event.product_id, event.device_id)) if product else None
         if fold_target(event, product, device) is None:
@@ -294,6 +298,10 @@ def _trim(product_pk, device_pk):
     rows.filter(Q(last_at__lt=last_at) | Q(last_at=last_at, id__lt=pk)).delete()
 
 
+def _needs_diagnosis(event: PendingEvent) -> bool:
+    return event.kind == ConnectionKind.REFUSED and event.password is not None
+
+
 def _findings(event: PendingEvent, device, budget: dict) -> list[dict]:
     """The diagnosis's findings in English and Chinese (the reader's language is chosen when
     the log is read). A refusal of a known device is diagnosed on its real fields, while the
@@ -303,8 +311,11 @@ def _findings(event: PendingEvent, device, budget: dict) -> list[dict]:
     from . import diagnosis
 
     now_ms = int(event.at.timestamp() * 1000)
-    diagnose = (event.kind == ConnectionKind.REFUSED and device is not None
-                and event.password is not None and budget["left"] > 0)
+    if event.kind == ConnectionKind.DISCONNECTED:
+        return []  # an end of session has its code's words and nothing to diagnose
+    diagnose = _needs_diagnosis(event) and device is not None and budget["left"] > 0
+    if not diagnose and not _findings_in("en", event, device, False, now_ms):
+        return []  # no clock warning: the words in the other language are not needed either
     started = time.process_time()
     rendered = {}
     with diagnosis.shared_work():
