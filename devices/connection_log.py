@@ -18,7 +18,6 @@ devices, and for the staff-only list); ``manage.py prunechecks`` deletes rows ol
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import threading
@@ -29,6 +28,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from . import signing
+from .background import start_flush_thread
 from .choices import ConnectionKind
 
 logger = logging.getLogger("devices.connection_log")
@@ -156,34 +156,8 @@ def record(kind: str, *, broker: str, code: str, peer: str = "", transport: str 
 
 def start() -> None:
     """Start the flush thread (once per process); the embedded broker calls it at start."""
-    with _buffer.lock:
-        if _buffer.thread is not None:
-            return
-        _buffer.thread = threading.Thread(target=_flush_forever, name="connection-log", daemon=True)
-        _buffer.thread.start()
-    atexit.register(_flush_at_exit)
-
-
-def _flush_forever():
-    import time
-
-    from django.db import close_old_connections, connection
-
-    while True:
-        time.sleep(FLUSH_INTERVAL_S)
-        try:
-            flush()
-        except Exception as error:  # noqa: BLE001 (the log is not worth a dead thread)
-            logger.error("Could not write the connection log: %s", type(error).__name__)
-            close_old_connections()
-            connection.close()
-
-
-def _flush_at_exit():
-    try:
-        flush()
-    except Exception:  # noqa: BLE001 (the process is ending)
-        pass
+    start_flush_thread(_buffer, name="connection-log", interval_s=FLUSH_INTERVAL_S, flush=flush,
+                       logger=logger, what="the connection log")
 
 
 def dropped() -> int:

@@ -21,7 +21,6 @@ of every send; the cost is one indexed query per poll.
 
 from __future__ import annotations
 
-import atexit
 import json
 import logging
 import os
@@ -36,6 +35,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from . import emqx
+from .background import start_flush_thread
 from .choices import SEND_QOS_LEVELS, PayloadEncoding, SendResult
 from .topics import send_topic_problem, topic_matches, topic_spaces
 
@@ -192,32 +192,8 @@ def record(trace_id: int, direction: str, topic: str, qos: int, data, refused: b
 
 
 def start() -> None:
-    with _buffer.lock:
-        if _buffer.thread is not None:
-            return
-        _buffer.thread = threading.Thread(target=_flush_forever, name="message-trace", daemon=True)
-        _buffer.thread.start()
-    atexit.register(_flush_quietly)
-
-
-def _flush_forever():
-    from django.db import close_old_connections, connection
-
-    while True:
-        time.sleep(FLUSH_INTERVAL_S)
-        try:
-            flush()
-        except Exception as error:  # noqa: BLE001 (the trace is not worth a dead thread)
-            logger.error("Could not write traced messages: %s", type(error).__name__)
-            close_old_connections()
-            connection.close()
-
-
-def _flush_quietly():
-    try:
-        flush()
-    except Exception:  # noqa: BLE001 (the process is ending)
-        pass
+    start_flush_thread(_buffer, name="message-trace", interval_s=FLUSH_INTERVAL_S, flush=flush,
+                       logger=logger, what="traced messages")
 
 
 def flush() -> int:
