@@ -117,3 +117,19 @@ def test_rotatekeys_refuses_clearly_when_a_key_is_missing(settings, product):
     with pytest.raises(CommandError, match="no key in PORTAL_SECRETS_KEY decrypts"):
         call_command("rotatekeys", stdout=io.StringIO())
     assert raw_secrets() == before
+
+
+@pytest.mark.django_db
+def test_rotatekeys_also_reencrypts_the_previous_secret_of_a_rotated_device(settings, product):
+    # The connection log tells a device "you still sign with the previous secret"; removing the
+    # old key after rotatekeys must not lose that secret.
+    settings.SECRETS_KEYS = [OLD_KEY]
+    device = Device.objects.create(product=product, device_id="rotated")
+    first = device.device_secret
+    device.rotate_secret()
+    settings.SECRETS_KEYS = [NEW_KEY, OLD_KEY]
+    out = io.StringIO()
+    call_command("rotatekeys", stdout=out)
+    assert "1 previous secret" in out.getvalue()
+    settings.SECRETS_KEYS = [NEW_KEY]
+    assert Device.objects.get(pk=device.pk).previous_secret == first

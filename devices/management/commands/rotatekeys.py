@@ -1,4 +1,5 @@
-"""`python manage.py rotatekeys`: re-encrypt every device secret under the newest key.
+"""`python manage.py rotatekeys`: re-encrypt every device secret (and every previous secret, kept
+since a rotation for the connection log's "you still sign with the old secret") under the newest key.
 
 Run it after putting a new key first in PORTAL_SECRETS_KEY; the old keys can be removed once it
 has finished. It works on the raw column (the field would decrypt on read and encrypt on write),
@@ -32,10 +33,19 @@ class Command(BaseCommand):
         parser.add_argument("--chunk-size", type=int, default=500)
 
     def handle(self, *args, chunk_size, **options):
+        done, skipped = self._rotate("device_secret", chunk_size, options["verbosity"])
+        previous, _ = self._rotate("previous_secret", chunk_size, options["verbosity"])
+        self.stdout.write(
+            f"Re-encrypted {done} device secrets under the newest key"
+            + (f" ({skipped} changed meanwhile, already current)" if skipped else "")
+            + f", and {previous} previous secret(s) of rotated devices."
+        )
+
+    def _rotate(self, field, chunk_size, verbosity):
         qn = connection.ops.quote_name
         table = qn(Device._meta.db_table)
         pk = qn(Device._meta.pk.column)
-        column = qn(Device._meta.get_field("device_secret").column)
+        column = qn(Device._meta.get_field(field).column)
         select = f"SELECT {pk}, {column} FROM {table} WHERE {pk} > %s ORDER BY {pk} LIMIT %s"
         # Only where the value is still the one read: a secret rotated meanwhile was written by
         # the field, under the newest key already, and must not be overwritten with the old one.
@@ -59,9 +69,6 @@ class Command(BaseCommand):
                     else:
                         skipped += 1
                 last_pk = rows[-1][0]
-            if options["verbosity"] >= 2:
-                self.stdout.write(f"  … {done} so far")
-        self.stdout.write(
-            f"Re-encrypted {done} device secrets under the newest key"
-            + (f" ({skipped} changed meanwhile, already current)." if skipped else ".")
-        )
+            if verbosity >= 2:
+                self.stdout.write(f"  … {field}: {done} so far")
+        return done, skipped
