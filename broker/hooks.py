@@ -176,27 +176,25 @@ _record_lock = threading.Lock()
 def _holder(record):
     """The connection that holds the device on EMQX now (an exclusive one first), from the
     portal's record; a record EMQX's REST API says is gone (its events were lost) is dropped."""
-    from devices import emqx
+    from devices import emqx, hot_queries
     from devices.models import BrokerSession
 
     # By username, which names the device exactly (deviceId&productId: parse_username takes
     # nothing else, and a deleted device's sessions go with it): the (username, connected_at)
-    # index finds the connected ones at once, where the device's own index made SQLite read
-    # every pending session of a device that reconnects again and again.
-    sessions = BrokerSession.objects.connected().filter(
-        username=f"{record.device_id}&{record.product_id}"
+    # index finds the connected ones at once. A session signed before the secret's rotation is
+    # being kicked and holds nothing.
+    sessions = hot_queries.connected_sessions(
+        f"{record.device_id}&{record.product_id}", record.secret_rotated_at
     )
-    if record.secret_rotated_at is not None:  # signed with the old secret: being kicked
-        sessions = sessions.filter(authenticated_at__gte=record.secret_rotated_at)
-    for session in sessions.order_by("-exclusive", "-connected_at"):
-        if session.exclusive and emqx.enabled():
-            broker_id = session.broker_client_id or session.username
+    for pk, client_id, broker_client_id, username, exclusive in sessions:
+        if exclusive and emqx.enabled():
+            broker_id = broker_client_id or username
             if emqx.EmqxApi().is_connected(broker_id) is False:
                 logger.warning("EMQX no longer has %r (its disconnect never reached the portal); "
                                "forgetting it", broker_id)
-                session.delete()
+                BrokerSession.objects.filter(pk=pk).delete()
                 continue
-        return verifier.Holder(session.client_id, session.exclusive)
+        return verifier.Holder(client_id, exclusive)
     return None
 
 

@@ -24,7 +24,7 @@ from datetime import datetime
 
 from django.conf import settings
 
-from devices import signing
+from devices import hot_queries, signing
 from devices.choices import TOPIC_ACTIONS, TRANSPORTS, Refusal, refusal
 from devices.topics import topic_allowed, topic_spaces  # noqa: F401 (the topic rule, named here too)
 
@@ -81,8 +81,6 @@ class NotCached(Exception):
 def lookup_device(product_id: str, device_id: str, cached_only: bool = False) -> DeviceRecord | None:
     """The device's record from the registry (or the short cache); None when unknown.
     ``cached_only``: raise NotCached rather than query (an event loop's fast path)."""
-    from devices.models import Device
-
     key = (product_id, device_id)
     max_age_s = settings.MQTT_AUTH_CACHE_MS / 1000
     if max_age_s > 0:
@@ -91,20 +89,17 @@ def lookup_device(product_id: str, device_id: str, cached_only: bool = False) ->
             return record
     if cached_only:
         raise NotCached(key)
-    device = (
-        Device.objects.filter(product__product_id=product_id, device_id=device_id)
-        .only("pk", "device_secret", "enabled", "secret_rotated_at")
-        .first()
-    )
-    if device is None:
+    row = hot_queries.device_record(product_id, device_id)  # one indexed query, no ORM compile
+    if row is None:
         return None
+    pk, secret, enabled, secret_rotated_at = row
     record = DeviceRecord(
-        pk=device.pk,
+        pk=pk,
         product_id=product_id,
         device_id=device_id,
-        secret=device.device_secret,
-        enabled=device.enabled,
-        secret_rotated_at=device.secret_rotated_at,
+        secret=secret,
+        enabled=enabled,
+        secret_rotated_at=secret_rotated_at,
     )
     if max_age_s > 0:
         registry_cache.put(key, record)

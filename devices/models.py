@@ -114,13 +114,16 @@ class Product(models.Model):
         super().save(*args, **kwargs)
 
 
+def may_see_devices(user) -> bool:
+    """Whether ``user`` may see devices (console and API): all of them with the permission
+    ``devices.view_device``, none without it."""
+    return user.is_authenticated and user.is_active and user.has_perm(Permission.VIEW_DEVICE)
+
+
 class DeviceQuerySet(models.QuerySet):
     def for_user(self, user):
-        """Devices ``user`` may see (console and API): all of them with the permission
-        ``devices.view_device``, none without it."""
-        if not user.is_authenticated or not user.is_active:
-            return self.none()
-        return self if user.has_perm(Permission.VIEW_DEVICE) else self.none()
+        """Devices ``user`` may see (``may_see_devices``)."""
+        return self if may_see_devices(user) else self.none()
 
     def lookup(self, product_id, device_id):
         return self.select_related("product").get(
@@ -356,10 +359,12 @@ class BrokerSessionQuerySet(models.QuerySet):
                 connected_at__isnull=True,
                 authenticated_at__lt=now - timezone.timedelta(seconds=SESSION_PENDING_SECONDS),
             ).delete()
-        return self.create(
-            device_id=device_pk, username=_db_text(username, 129),
-            client_id=_db_text(client_id, 255), broker_client_id=_db_text(broker_client_id, 255),
-            peerhost=_db_text(peerhost, 64), exclusive=exclusive, authenticated_at=now,
+        from . import hot_queries
+
+        # self.create(…) without the ORM's compile step (a storm of CONNECTs makes one each)
+        hot_queries.insert_pending_session(
+            device_pk, _db_text(username, 129), _db_text(client_id, 255),
+            _db_text(broker_client_id, 255), _db_text(peerhost, 64), exclusive, now,
         )
 
     def mark_connected(self, username, peername, broker_client_id, when):

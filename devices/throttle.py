@@ -13,7 +13,13 @@ import math
 
 from axes.backends import AxesStandaloneBackend
 from axes.handlers.proxy import AxesProxyHandler
-from axes.helpers import get_client_username, get_cool_off, get_credentials, get_failure_limit
+from axes.helpers import (
+    get_client_ip_address,
+    get_client_username,
+    get_cool_off,
+    get_credentials,
+    get_failure_limit,
+)
 from axes.models import AccessBase
 from django.conf import settings
 from django.contrib.auth.signals import user_login_failed
@@ -23,6 +29,8 @@ from django.http import QueryDict
 from django.http.multipartparser import MultiPartParserError
 from django.shortcuts import render
 from django.utils import timezone
+
+from . import hot_queries
 
 
 def _token_credentials():
@@ -109,8 +117,18 @@ def lockout_response(request, original_response=None, credentials=None):
 
 
 def token_retry_after(request):
-    """Seconds until this request's address may use API tokens again, or None when it may now."""
-    until = locked_until(request, _token_credentials())
+    """Seconds until this request's address may use API tokens again, or None when it may now.
+
+    Asked on every token request, uncached (a lock-out acts at once). An address with no failure
+    inside the cool-off window cannot be locked out, and that is one indexed query
+    (``hot_queries.has_failures_since``); only an address with failures is counted in full."""
+    credentials = _token_credentials()
+    cool_off = get_cool_off(request)
+    if cool_off is not None and get_failure_limit(request, credentials) >= 1:
+        since = timezone.now() - cool_off
+        if not hot_queries.has_failures_since(get_client_ip_address(request), since):
+            return None
+    until = locked_until(request, credentials)
     return None if until is None else seconds_until(until)
 
 

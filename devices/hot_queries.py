@@ -1,0 +1,257 @@
+"""The queries on the paths that brokers and scripts call thousands of times a second, as SQL
+written once (issue 11).
+
+Building a queryset and compiling it costs the ORM 200–500 µs a query; SQLite answers the same
+indexed query in 15–30 µs (``bench/`` and the README's "Benchmarks"). On ``/mqtt/auth``,
+mqtt-params and the embedded broker's cold look-ups that compile step was most of the request.
+So each query here is plain SQL with placeholders, built from the models' ``_meta`` (table and
+column names are never spelt out by hand), and its rows go through the same converters the
+ORM applies (decryption of the secret fields, datetimes, booleans), on every database Django
+supports. Each function names the queryset it stands for, and ``tests/test_hot_queries.py``
+compares the two on the same rows.
+
+Nothing here decides anything: the callers keep their rules (the verifier, the throttle, the
+session records); this module only fetches and stores faster.
+"""
+
+from __future__ import annotations
+
+import functools
+from datetime import datetime
+
+from django.db import DEFAULT_DB_ALIAS, connections
+from django.utils import timezone
+
+
+def _connection():
+    return connections[DEFAULT_DB_ALIAS]
+
+
+def _quoted(connection, model, field_name=None):
+    if field_name is None:
+        return connection.ops.quote_name(model._meta.db_table)
+    return connection.ops.quote_name(model._meta.get_field(field_name).column)
+
+
+def _datetime_param(connection, value):
+    return connection.ops.adapt_datetimefield_value(value)
+
+
+class _Loader:
+    """Rows of ``model`` (every concrete field, in ``_meta`` order) → instances, with the ORM's
+    own converters (what ``SQLCompiler.get_converters`` applies to a select of those columns)."""
+
+    def __init__(self, model, connection):
+        self.model = model
+        self.alias = connection.alias
+        self.attnames = [field.attname for field in model._meta.concrete_fields]
+        self.converters = []
+        for field in model._meta.concrete_fields:
+            column = field.get_col(model._meta.db_table)
+            found = connection.ops.get_db_converters(column) + field.get_db_converters(connection)
+            self.converters.append((column, found))
+
+    def columns(self, connection, alias):
+        return ", ".join(
+            f"{alias}.{connection.ops.quote_name(field.column)}"
+            for field in self.model._meta.concrete_fields
+        )
+
+    def instance(self, connection, values):
+        converted = []
+        for value, (column, found) in zip(values, self.converters, strict=True):
+            for converter in found:
+                value = converter(value, column, connection)
+            converted.append(value)
+        return self.model.from_db(self.alias, self.attnames, converted)
+
+
+@functools.cache
+def _loader(model, vendor):
+    return _Loader(model, _connection())
+
+
+# --- the registry --------------------------------------------------------------------------
+
+
+@functools.cache
+def _device_record_sql(vendor):
+    from .models import Device, Product
+
+    c = _connection()
+    return (
+        f"SELECT d.{_quoted(c, Device, 'id')}, d.{_quoted(c, Device, 'device_secret')}, "
+        f"d.{_quoted(c, Device, 'enabled')}, d.{_quoted(c, Device, 'secret_rotated_at')} "
+        f"FROM {_quoted(c, Device)} d INNER JOIN {_quoted(c, Product)} p "
+        f"ON p.{_quoted(c, Product, 'id')} = d.{_quoted(c, Device, 'product')} "
+        f"WHERE p.{_quoted(c, Product, 'product_id')} = %s "
+        f"AND d.{_quoted(c, Device, 'device_id')} = %s"
+    )
+
+
+def device_record(product_id: str, device_id: str):
+    """``(pk, secret, enabled, secret_rotated_at)`` of the device, the secret decrypted, or None.
+
+    Stands for ``Device.objects.filter(product__product_id=…, device_id=…).only("pk",
+    "device_secret", "enabled", "secret_rotated_at").first()`` (the (product, deviceId) pair is
+    unique, so there is at most one row)."""
+    from .models import Device
+
+    connection = _connection()
+    with connection.cursor() as cursor:
+        cursor.execute(_device_record_sql(connection.vendor), [product_id, device_id])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    loader = _loader(Device, connection.vendor)
+    by_name = dict(zip(loader.attnames, loader.converters, strict=True))
+    pk, secret, enabled, rotated = row
+    return (
+        pk,
+        _convert(connection, by_name["device_secret"], secret),
+        _convert(connection, by_name["enabled"], enabled),
+        _convert(connection, by_name["secret_rotated_at"], rotated),
+    )
+
+
+def _convert(connection, column_and_converters, value):
+    column, found = column_and_converters
+    for converter in found:
+        value = converter(value, column, connection)
+    return value
+
+
+@functools.cache
+def _device_with_product_sql(vendor):
+    from .models import Device, Product
+
+    c = _connection()
+    devices, products = _loader(Device, vendor), _loader(Product, vendor)
+    return (
+        f"SELECT {devices.columns(c, 'd')}, {products.columns(c, 'p')} "
+        f"FROM {_quoted(c, Device)} d INNER JOIN {_quoted(c, Product)} p "
+        f"ON p.{_quoted(c, Product, 'id')} = d.{_quoted(c, Device, 'product')} "
+        f"WHERE p.{_quoted(c, Product, 'product_id')} = %s "
+        f"AND d.{_quoted(c, Device, 'device_id')} = %s"
+    )
+
+
+def device_with_product(product_id: str, device_id: str):
+    """The device with its product loaded, or raises ``Device.DoesNotExist``.
+
+    Stands for ``Device.objects.select_related("product").get(product__product_id=…,
+    device_id=…)`` (``DeviceQuerySet.lookup``): every field of both, converted as the ORM does."""
+    from .models import Device, Product
+
+    connection = _connection()
+    with connection.cursor() as cursor:
+        cursor.execute(_device_with_product_sql(connection.vendor), [product_id, device_id])
+        row = cursor.fetchone()
+    if row is None:
+        raise Device.DoesNotExist(f"No device {device_id!r} in product {product_id!r}.")
+    devices, products = _loader(Device, connection.vendor), _loader(Product, connection.vendor)
+    split = len(devices.attnames)
+    device = devices.instance(connection, row[:split])
+    product = products.instance(connection, row[split:])
+    Device._meta.get_field("product").set_cached_value(device, product)
+    return device
+
+
+# --- failed logins and tokens (django-axes' table) -----------------------------------------
+
+
+@functools.cache
+def _failures_sql(vendor):
+    from axes.models import AccessAttempt
+
+    c = _connection()
+    return (
+        f"SELECT 1 FROM {_quoted(c, AccessAttempt)} "
+        f"WHERE {_quoted(c, AccessAttempt, 'ip_address')} = %s "
+        f"AND {_quoted(c, AccessAttempt, 'attempt_time')} >= %s LIMIT 1"
+    )
+
+
+def has_failures_since(ip_address: str | None, since: datetime) -> bool:
+    """Whether axes holds a failure of this address at or after ``since``.
+
+    Stands for ``AccessAttempt.objects.filter(ip_address=…, attempt_time__gte=…).exists()``; an
+    address of None matches no row (as ``ip_address=None`` matches none in the ORM)."""
+    if ip_address is None:
+        from axes.models import AccessAttempt
+
+        return AccessAttempt.objects.filter(
+            ip_address__isnull=True, attempt_time__gte=since
+        ).exists()
+    connection = _connection()
+    with connection.cursor() as cursor:
+        cursor.execute(_failures_sql(connection.vendor),
+                       [ip_address, _datetime_param(connection, since)])
+        return cursor.fetchone() is not None
+
+
+# --- the EMQX session records --------------------------------------------------------------
+
+
+@functools.cache
+def _connected_sessions_sql(vendor, since_rotation):
+    from .models import BrokerSession
+
+    c = _connection()
+
+    def col(name):
+        return _quoted(c, BrokerSession, name)
+
+    sql = (
+        f"SELECT {col('id')}, {col('client_id')}, {col('broker_client_id')}, {col('username')}, "
+        f"{col('exclusive')} FROM {_quoted(c, BrokerSession)} "
+        f"WHERE {col('username')} = %s AND {col('connected_at')} IS NOT NULL"
+    )
+    if since_rotation:
+        sql += f" AND {col('authenticated_at')} >= %s"
+    return sql + f" ORDER BY {col('exclusive')} DESC, {col('connected_at')} DESC, {col('id')} DESC"
+
+
+def connected_sessions(username: str, authenticated_since: datetime | None = None):
+    """``(pk, client_id, broker_client_id, username, exclusive)`` of the connected sessions of
+    ``username``, the exclusive ones first, then the newest.
+
+    Stands for ``BrokerSession.objects.connected().filter(username=…[,
+    authenticated_at__gte=…]).order_by("-exclusive", "-connected_at", "-pk")``."""
+    connection = _connection()
+    params = [username]
+    if authenticated_since is not None:
+        params.append(_datetime_param(connection, authenticated_since))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _connected_sessions_sql(connection.vendor, authenticated_since is not None), params
+        )
+        rows = cursor.fetchall()
+    return [(pk, client_id, broker_id, name, bool(exclusive))
+            for pk, client_id, broker_id, name, exclusive in rows]
+
+
+@functools.cache
+def _insert_session_sql(vendor):
+    from .models import BrokerSession
+
+    c = _connection()
+    names = ["device", "username", "client_id", "broker_client_id", "peerhost", "peername",
+             "exclusive", "authenticated_at"]
+    columns = ", ".join(_quoted(c, BrokerSession, name) for name in names)
+    return (f"INSERT INTO {_quoted(c, BrokerSession)} ({columns}) "
+            f"VALUES ({', '.join(['%s'] * len(names))})")
+
+
+def insert_pending_session(device_pk, username, client_id, broker_client_id, peerhost, exclusive,
+                           authenticated_at=None):
+    """Records an accepted CONNECT (no ``connected_at`` yet). Stands for
+    ``BrokerSession.objects.create(…)`` with those fields and an empty ``peername``; the caller
+    has made the texts fit their columns."""
+    connection = _connection()
+    when = authenticated_at or timezone.now()
+    with connection.cursor() as cursor:
+        cursor.execute(_insert_session_sql(connection.vendor), [
+            device_pk, username, client_id, broker_client_id, peerhost, "", bool(exclusive),
+            _datetime_param(connection, when),
+        ])

@@ -1,0 +1,120 @@
+"""devices/hot_queries.py against the ORM querysets each function stands for, on the same rows.
+
+``compare_with_orm`` makes its own rows and is run here on SQLite and by tests/test_postgres.py
+on a real PostgreSQL, so the hand-built SQL is proved on both databases the portal supports.
+"""
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.utils import timezone
+
+from devices import hot_queries
+
+
+def _fields(instance):
+    return {field.attname: getattr(instance, field.attname)
+            for field in type(instance)._meta.concrete_fields}
+
+
+def compare_with_orm():
+    """Asserts that every hot query answers what its queryset answers; returns what it checked."""
+    from axes.models import AccessAttempt
+
+    from devices.models import BrokerSession, Device, Product
+
+    checked = []
+    product = Product.objects.create(product_id="hq-prod", name="产品 ‘quoted’ %_")
+    other = Product.objects.create(product_id="hq-other", name="Other")
+    rotated = timezone.now().replace(microsecond=123456) - timedelta(hours=3)
+    plain = Device.objects.create(product=product, device_id="hq-dev_1.@", name="灯 1")
+    turned = Device.objects.create(product=product, device_id="hq-dev-2", enabled=False)
+    turned.rotate_secret()
+    Device.objects.filter(pk=turned.pk).update(secret_rotated_at=rotated)
+    Device.objects.create(product=other, device_id="hq-dev-2")  # same deviceId, other product
+
+    for product_id, device_id in [("hq-prod", "hq-dev_1.@"), ("hq-prod", "hq-dev-2"),
+                                  ("hq-other", "hq-dev-2"), ("hq-prod", "hq-dev-1.@"),
+                                  ("hq-prod", "HQ-DEV-2"), ("nope", "hq-dev-2")]:
+        orm = (Device.objects.filter(product__product_id=product_id, device_id=device_id)
+               .only("pk", "device_secret", "enabled", "secret_rotated_at").first())
+        expected = None if orm is None else (
+            orm.pk, orm.device_secret, orm.enabled, orm.secret_rotated_at)
+        assert hot_queries.device_record(product_id, device_id) == expected, device_id
+        try:
+            orm_full = Device.objects.select_related("product").get(
+                product__product_id=product_id, device_id=device_id)
+        except Device.DoesNotExist:
+            with pytest.raises(Device.DoesNotExist):
+                hot_queries.device_with_product(product_id, device_id)
+        else:
+            hot = hot_queries.device_with_product(product_id, device_id)
+            assert _fields(hot) == _fields(orm_full)
+            assert _fields(hot.product) == _fields(orm_full.product)
+            assert (hot._state.adding, hot._state.db) == (False, orm_full._state.db)
+        checked.append(device_id)
+    assert hot_queries.device_record("hq-prod", "hq-dev-2")[3] == rotated
+    assert hot_queries.device_with_product("hq-prod", "hq-dev-2").previous_secret  # decrypted
+
+    # A loaded device saves as an UPDATE of its row, like one the ORM loaded.
+    hot = hot_queries.device_with_product("hq-prod", "hq-dev_1.@")
+    hot.name = "renamed"
+    hot.save()
+    assert Device.objects.get(pk=plain.pk).name == "renamed"
+    assert Device.objects.filter(product=product).count() == 2
+
+    now = timezone.now()
+    for address, minutes in [("192.0.2.1", 1), ("192.0.2.1", 30), ("2001:db8::1", 5)]:
+        AccessAttempt.objects.create(
+            ip_address=address, username="", user_agent=f"t{minutes}", path_info="/", get_data="",
+            post_data="", http_accept="", failures_since_start=1,
+        )
+        AccessAttempt.objects.filter(ip_address=address, attempt_time__gte=now).update(
+            attempt_time=now - timedelta(minutes=minutes))
+    edge = now - timedelta(minutes=5)
+    for address in ["192.0.2.1", "2001:db8::1", "192.0.2.2", None]:
+        for since in [now, now - timedelta(minutes=2), edge, now - timedelta(hours=1)]:
+            orm = (AccessAttempt.objects.filter(ip_address__isnull=True) if address is None
+                   else AccessAttempt.objects.filter(ip_address=address))
+            expected = orm.filter(attempt_time__gte=since).exists()
+            assert hot_queries.has_failures_since(address, since) is expected, (address, since)
+            checked.append((address, since))
+    assert hot_queries.has_failures_since("2001:db8::1", edge)  # the edge itself counts
+
+    base = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
+    username = "hq-dev_1.@&hq-prod"
+    rows = [  # (exclusive, authenticated minutes after base, connected minutes after base)
+        (False, 0, 1), (True, 2, 3), (False, 4, 5), (True, 6, None), (False, 8, 5), (False, 9, 9),
+    ]
+    for exclusive, authenticated, connected in rows:
+        BrokerSession.objects.create(
+            device=plain, username=username, client_id=f"c{authenticated}", exclusive=exclusive,
+            authenticated_at=base + timedelta(minutes=authenticated),
+            connected_at=None if connected is None else base + timedelta(minutes=connected),
+        )
+    BrokerSession.objects.create(device=turned, username="hq-dev-2&hq-prod", client_id="x",
+                                 connected_at=base)
+    for since in [None, base + timedelta(minutes=4), base + timedelta(minutes=10)]:
+        orm = BrokerSession.objects.connected().filter(username=username)
+        if since is not None:
+            orm = orm.filter(authenticated_at__gte=since)
+        expected = [(s.pk, s.client_id, s.broker_client_id, s.username, s.exclusive)
+                    for s in orm.order_by("-exclusive", "-connected_at", "-pk")]
+        assert hot_queries.connected_sessions(username, since) == expected
+        checked.append(since)
+    assert hot_queries.connected_sessions("nobody&hq-prod") == []
+
+    before = set(BrokerSession.objects.values_list("pk", flat=True))
+    when = base + timedelta(minutes=30, microseconds=5)
+    hot_queries.insert_pending_session(plain.pk, username, "c-new", "emqx-id", "192.0.2.9", True,
+                                       when)
+    (new,) = BrokerSession.objects.exclude(pk__in=before)
+    assert (new.device_id, new.username, new.client_id, new.broker_client_id, new.peerhost,
+            new.peername, new.exclusive, new.authenticated_at, new.connected_at) == (
+        plain.pk, username, "c-new", "emqx-id", "192.0.2.9", "", True, when, None)
+    return checked
+
+
+@pytest.mark.django_db
+def test_the_hot_queries_answer_what_their_querysets_answer():
+    assert len(compare_with_orm()) > 20
