@@ -12,6 +12,8 @@ import pytest
 from django.db import connection, transaction
 from django.db.migrations.executor import MigrationExecutor
 from django.test.utils import CaptureQueriesContext
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from devices import search
 from devices.models import Device, DeviceStatus, Product
@@ -101,6 +103,14 @@ def test_a_search_finds_what_a_substring_filter_over_the_rows_finds(tricky):
     # The inputs above do find things, and the case rules were exercised both ways.
     assert expected(tricky, "ÄRGER") == {("first", "d021")}
     assert len(expected(tricky, "sensor")) > 5
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(query=st.text(alphabet='sSeEnNoOrR -_%\\"*:()^ÄäÉé温度传感器🙂aAbBcC0123', min_size=1,
+                     max_size=7))
+def test_any_query_from_awkward_characters_finds_what_the_rows_say(tricky, query):
+    assert found(Device.objects.all(), query) == expected(tricky, query)
 
 
 def test_the_plain_filter_answers_the_same_past_the_candidate_limit(tricky, monkeypatch):
