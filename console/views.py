@@ -11,7 +11,6 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.db.models import Q
 from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -26,6 +25,7 @@ from devices.device_code import connect_packet_size, size_warnings
 from devices.diagnosis import diagnose
 from devices.models import AuditEvent, Device, DeviceStatus, Product
 from devices.options import QUERY_NAMES, ConnectionOptions, OptionError
+from devices.search import search_devices
 
 from .forms import DebuggerForm, DeviceFilterForm
 
@@ -93,8 +93,7 @@ def _filtered_devices(form, product=None):
         return devices
     data = form.cleaned_data
     if data.get("q"):
-        query = data["q"]
-        devices = devices.filter(Q(device_id__startswith=query) | Q(name__icontains=query))
+        devices = search_devices(devices, data["q"])
     if product is None and data.get("product"):
         devices = devices.filter(product=data["product"])
     if data.get("status"):
