@@ -213,14 +213,16 @@ def _run(check: ConnectionCheck):
 # --- Fleet checks (checkconnections): many checks per task, run concurrently -------------------
 # A fleet task runs FLEET_CONCURRENCY checks at a time in threads (network only: the database is
 # touched by the task's own thread alone), claims checks in bulk and writes results in bulk, in
-# one write transaction per round. The threads never wait for that transaction: up to
-# FLEET_LOOKAHEAD checks are claimed ahead and wait in the pool's queue, so a thread that
+# one write transaction per round. The threads never wait for that transaction: FLEET_LOOKAHEAD
+# checks (doubled, up to FLEET_LOOKAHEAD_MAX, each time the threads ran out of them during a round
+# slower than FLEET_SLOW_ROUND_S) are claimed ahead and wait in the pool's queue, so a thread that
 # finishes a check starts the next at once while the task's thread queues for the database's
 # write lock (on SQLite shared with the broker's status batches and the connection log). A
 # claimed check still waiting for a thread after FLEET_CLAIM_RENEW_S has its started_at renewed,
 # so that each check keeps its own check_max_runtime() from about when it really starts. The
-# task stops claiming in time to end within task_max_runtime() and queues what is left as a new
-# task, however slow the checks are.
+# task stops claiming in time to end within task_max_runtime(), gives back (queued again) the
+# claimed checks no thread has taken yet, and queues what is left as a new task, however slow the
+# checks are.
 FLEET_CONCURRENCY = 32
 FLEET_LOOKAHEAD = 64  # to start with; doubled (up to FLEET_LOOKAHEAD_MAX) when it ran out
 FLEET_LOOKAHEAD_MAX = 512
@@ -391,12 +393,21 @@ class _FleetPool:
 
     def _run(self, check):
         with self._lock:
-            self._not_started.pop(check.pk, None)
+            if self._not_started.pop(check.pk, None) is None:
+                self.finished.put((check, None))  # withdrawn before a thread took it
+                return
         result = _internal_error("the check ended without a result")
         try:
             result = _run_safely(check)
         finally:  # whatever happens, the task's thread hears of it (or it would wait for ever)
             self.finished.put((check, result))
+
+    def withdraw(self) -> list:
+        """The claimed checks no thread has taken yet, which no thread will take now."""
+        with self._lock:
+            checks = [check for check, _since in self._not_started.values()]
+            self._not_started.clear()
+        return checks
 
     def not_started(self) -> int:
         with self._lock:
@@ -422,13 +433,14 @@ class _FleetPool:
 
     def gather(self, want: int) -> list:
         """Finished checks and their results: wait until ``want`` of them are in, none is
-        running, FLEET_FLUSH_EVERY_S after the first (their progress is written that often) or a
-        claim's renewal is due; then take those that finished meanwhile."""
+        running, FLEET_FLUSH_EVERY_S has passed (the task's thread looks at its budget that often,
+        and writes progress that often) or a claim's renewal is due; then take those that
+        finished meanwhile."""
         results = []
-        flush_by = float("inf")
+        wake_by = time.monotonic() + FLEET_FLUSH_EVERY_S  # at the latest (the task's budget)
         while self.in_flight and len(results) < want:
             now = time.monotonic()
-            until = min(flush_by, now + FLEET_FLUSH_EVERY_S, self.next_renewal())
+            until = min(wake_by, self.next_renewal())
             if now >= until:
                 break
             try:
@@ -436,13 +448,11 @@ class _FleetPool:
             except queue.Empty:
                 continue
             self.in_flight -= 1
-            if len(results) == 1:
-                flush_by = time.monotonic() + FLEET_FLUSH_EVERY_S
         while True:
             try:
                 results.append(self.finished.get_nowait())
             except queue.Empty:
-                return results
+                return [(check, result) for check, result in results if result is not None]
             self.in_flight -= 1
 
 
@@ -463,8 +473,13 @@ def run_fleet_checks(check_ids: list[int]) -> dict:
     pool = _FleetPool()
     try:
         while True:
-            if pending and time.monotonic() > stop_claiming:
-                _enqueue_fleet(pending)  # the rest as a task of its own
+            if time.monotonic() > stop_claiming and (pending or pool.not_started()):
+                withdrawn = [check.pk for check in pool.withdraw()]
+                if withdrawn:  # claimed ahead, never started: queued again, for the next task
+                    ConnectionCheck.objects.filter(
+                        pk__in=withdrawn, status=CheckStatus.RUNNING, runner=runner_name()
+                    ).update(status=CheckStatus.QUEUED, started_at=None, runner="")
+                _enqueue_fleet(sorted(withdrawn + pending))  # the rest as a task of its own
                 pending = []
             room = FLEET_CONCURRENCY + lookahead - pool.in_flight
             batch, pending = pending[:room], pending[room:]

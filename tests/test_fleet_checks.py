@@ -135,3 +135,29 @@ def test_results_are_stored_as_a_single_check_stores_them(devices):
     fleet.refresh_from_db()
     assert fleet.latencies == {"tcp": 0.31, "connack": 1.5}
     assert fleet.finished_at is not None and fleet.finished_at.tzinfo is not None
+
+
+@pytest.mark.broker
+def test_a_task_past_its_budget_gives_back_the_checks_it_claimed_ahead(
+    transactional_db, devices, silent_server, settings, monkeypatch
+):
+    """The checks claimed ahead that no thread has taken are queued again and handed, with the
+    unclaimed ones, to the next task; the one running finishes with its result."""
+    from devices import task_results
+
+    settings.MQTT_HOST, settings.MQTT_PORT, settings.MQTT_TLS_PORT = (
+        "127.0.0.1", silent_server.port, None)
+    settings.CHECK_STEP_TIMEOUT = 1
+    monkeypatch.setattr(tasks, "FLEET_CONCURRENCY", 1)
+    monkeypatch.setattr(tasks, "FLEET_LOOKAHEAD", 2)
+    # The budget ends half a second in, while the first check waits for its CONNACK.
+    monkeypatch.setattr(task_results, "task_max_runtime",
+                        lambda: 2 * tasks.check_max_runtime() + 0.5)
+    handed = []
+    monkeypatch.setattr(tasks, "_enqueue_fleet", handed.append)
+    checks = ConnectionCheck.objects.bulk_create([ConnectionCheck(device=d) for d in devices[:5]])
+    tasks.run_fleet_checks.call([c.pk for c in checks])
+    first, *rest = ConnectionCheck.objects.filter(pk__in=[c.pk for c in checks]).order_by("pk")
+    assert (first.status, first.outcome) == (CheckStatus.FAILED, Outcome.NO_CONNACK)
+    assert handed == [[c.pk for c in rest]]
+    assert {(c.status, c.started_at, c.runner) for c in rest} == {(CheckStatus.QUEUED, None, "")}
