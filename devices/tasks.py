@@ -9,11 +9,13 @@ with :func:`request_check`.
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from pathlib import Path
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 from django_tasks import task
@@ -210,14 +212,24 @@ def _run(check: ConnectionCheck):
 
 # --- Fleet checks (checkconnections): many checks per task, run concurrently -------------------
 # A fleet task runs FLEET_CONCURRENCY checks at a time in threads (network only: the database is
-# touched by the task's own thread alone), claims checks in bulk as slots free up and writes
-# results in bulk. A check is claimed (running) only when a slot takes it, so each check keeps
-# its own check_max_runtime(); the task stops claiming after FLEET_TASK_BUDGET_S and queues what
-# is left as a new task, so that it stays within task_max_runtime() however slow the checks are.
-FLEET_CONCURRENCY = 16
+# touched by the task's own thread alone), claims checks in bulk and writes results in bulk, in
+# one write transaction per round. The threads never wait for that transaction: FLEET_LOOKAHEAD
+# checks (doubled, up to FLEET_LOOKAHEAD_MAX, each time the threads ran out of them during a round
+# slower than FLEET_SLOW_ROUND_S) are claimed ahead and wait in the pool's queue, so a thread that
+# finishes a check starts the next at once while the task's thread queues for the database's
+# write lock (on SQLite shared with the broker's status batches and the connection log). A
+# claimed check still waiting for a thread after FLEET_CLAIM_RENEW_S has its started_at renewed,
+# so that each check keeps its own check_max_runtime() from about when it really starts. The
+# task stops claiming in time to end within task_max_runtime(), gives back (queued again) the
+# claimed checks no thread has taken yet, and queues what is left as a new task, however slow the
+# checks are.
+FLEET_CONCURRENCY = 32
+FLEET_LOOKAHEAD = 64  # to start with; doubled (up to FLEET_LOOKAHEAD_MAX) when it ran out
+FLEET_LOOKAHEAD_MAX = 512
+FLEET_SLOW_ROUND_S = 0.05
 FLEET_CHUNK = 1000
 FLEET_FLUSH_EVERY_S = 0.25  # results are written at least this often (progress for a watcher)
-FLEET_GATHER_S = 0.005
+FLEET_CLAIM_RENEW_S = 5.0
 _RESULT_FIELDS = ["status", "outcome", "reason", "connack_code", "latencies", "finished_at"]
 
 
@@ -260,22 +272,38 @@ def _internal_error(detail):
     return CheckResult(Outcome.INTERNAL_ERROR, detail=detail)
 
 
-def _claim_many(check_ids, deferred: list) -> list[ConnectionCheck]:
-    """Mark running, in one transaction, those of ``check_ids`` still queued whose device runs
-    no other check (as :func:`_claim`, for many); the others of a busy device go to
-    ``deferred``. Returns the claimed checks, their device and product loaded."""
+def _load_queued(check_ids) -> list[ConnectionCheck]:
+    """Those of ``check_ids`` still queued, their device and product loaded, first queued first.
+    Read outside the claim's write transaction, which only confirms they are still queued."""
     if not check_ids:
         return []
+    return list(
+        ConnectionCheck.objects.filter(pk__in=check_ids, status=CheckStatus.QUEUED)
+        .select_related("device__product").order_by("pk")
+    )
+
+
+def _claim_loaded(checks, deferred: list) -> list[ConnectionCheck]:
+    """Mark running, in one transaction, those of ``checks`` (from :func:`_load_queued`) still
+    queued whose device runs no other check (as :func:`_claim`, for many); the others of a busy
+    device go to ``deferred``. Returns the claimed checks."""
+    if not checks:
+        return []
     with transaction.atomic():
-        checks = list(
-            ConnectionCheck.objects.filter(pk__in=check_ids, status=CheckStatus.QUEUED)
-            .select_related("device__product").order_by("pk")  # first queued, first run
+        still_queued = set(
+            ConnectionCheck.objects.filter(
+                pk__in=[check.pk for check in checks], status=CheckStatus.QUEUED
+            ).order_by().values_list("pk", flat=True)
         )
+        checks = [check for check in checks if check.pk in still_queued]
         device_ids = {check.device_id for check in checks}
-        list(Device.objects.select_for_update().filter(pk__in=device_ids).values("pk"))
+        if not device_ids:
+            return []
+        if connection.features.has_select_for_update:  # SQLite serialises all writes anyway
+            list(Device.objects.select_for_update().filter(pk__in=device_ids).values("pk"))
         busy = set(
             ConnectionCheck.objects.filter(device_id__in=device_ids, status=CheckStatus.RUNNING)
-            .values_list("device_id", flat=True)
+            .order_by().values_list("device_id", flat=True)
         )
         claimed = []
         for check in checks:
@@ -285,12 +313,18 @@ def _claim_many(check_ids, deferred: list) -> list[ConnectionCheck]:
             busy.add(check.device_id)  # two checks of one device in one batch: the second waits
             claimed.append(check)
         now, runner = timezone.now(), runner_name()
-        ConnectionCheck.objects.filter(
-            pk__in=[check.pk for check in claimed], status=CheckStatus.QUEUED
-        ).update(status=CheckStatus.RUNNING, started_at=now, runner=runner)
+        if claimed:
+            ConnectionCheck.objects.filter(
+                pk__in=[check.pk for check in claimed], status=CheckStatus.QUEUED
+            ).update(status=CheckStatus.RUNNING, started_at=now, runner=runner)
     for check in claimed:
         check.status, check.started_at, check.runner = CheckStatus.RUNNING, now, runner
     return claimed
+
+
+def _claim_many(check_ids, deferred: list) -> list[ConnectionCheck]:
+    """:func:`_load_queued` then :func:`_claim_loaded`: claim these checks now."""
+    return _claim_loaded(_load_queued(check_ids), deferred)
 
 
 def _run_safely(check):
@@ -302,7 +336,10 @@ def _run_safely(check):
 
 
 def _store(results):
-    """The results of many checks in one UPDATE (the fields ``ConnectionCheck.finish`` writes)."""
+    """The results of many checks, written as ``ConnectionCheck.finish`` writes them (the same
+    fields, each value prepared by its field as ``save`` does), in one statement executed once
+    per row (``executemany``): building Django's ``bulk_update`` (a CASE per field and row) cost
+    more than the write itself, inside the write transaction."""
     if not results:
         return
     now = timezone.now()
@@ -317,7 +354,106 @@ def _store(results):
         check.latencies = result.latencies or {}
         check.finished_at = now
         checks.append(check)
-    ConnectionCheck.objects.bulk_update(checks, _RESULT_FIELDS)
+    meta = ConnectionCheck._meta
+    fields = [meta.get_field(name) for name in _RESULT_FIELDS]
+    quote = connection.ops.quote_name
+    sql = "UPDATE {} SET {} WHERE {} = %s".format(
+        quote(meta.db_table),
+        ", ".join(f"{quote(field.column)} = %s" for field in fields),
+        quote(meta.pk.column),
+    )
+    rows = [
+        [field.get_db_prep_save(getattr(check, field.attname), connection) for field in fields]
+        + [check.pk]
+        for check in checks
+    ]
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.executemany(sql, rows)
+
+
+class _FleetPool:
+    """FLEET_CONCURRENCY threads running claimed checks, and what the task's thread needs to know
+    of them: how many are claimed and not finished, which have not started (to renew their
+    claim), and the results that came in."""
+
+    def __init__(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.executor = ThreadPoolExecutor(FLEET_CONCURRENCY, thread_name_prefix="fleet-check")
+        self.finished = queue.SimpleQueue()
+        self.in_flight = 0
+        self._not_started = {}  # check pk -> (check, time.monotonic() when claimed or renewed)
+        self._lock = threading.Lock()
+
+    def submit(self, check):
+        with self._lock:
+            self._not_started[check.pk] = (check, time.monotonic())
+        self.in_flight += 1
+        self.executor.submit(self._run, check)
+
+    def _run(self, check):
+        with self._lock:
+            if self._not_started.pop(check.pk, None) is None:
+                self.finished.put((check, None))  # withdrawn before a thread took it
+                return
+        result = _internal_error("the check ended without a result")
+        try:
+            result = _run_safely(check)
+        finally:  # whatever happens, the task's thread hears of it (or it would wait for ever)
+            self.finished.put((check, result))
+
+    def withdraw(self) -> list:
+        """The claimed checks no thread has taken yet, which no thread will take now."""
+        with self._lock:
+            checks = [check for check, _since in self._not_started.values()]
+            self._not_started.clear()
+        return checks
+
+    def not_started(self) -> int:
+        with self._lock:
+            return len(self._not_started)
+
+    def waiting_since(self, seconds) -> list:
+        """The claimed checks still waiting for a thread since at least ``seconds`` ago."""
+        limit = time.monotonic() - seconds
+        with self._lock:
+            return [check for check, since in self._not_started.values() if since <= limit]
+
+    def renewed(self, checks):
+        now = time.monotonic()
+        with self._lock:
+            for check in checks:
+                if check.pk in self._not_started:
+                    self._not_started[check.pk] = (check, now)
+
+    def next_renewal(self) -> float:
+        with self._lock:
+            oldest = min((since for _, since in self._not_started.values()), default=None)
+        return float("inf") if oldest is None else oldest + FLEET_CLAIM_RENEW_S
+
+    def gather(self, want: int) -> list:
+        """Finished checks and their results: wait until ``want`` of them are in, none is
+        running, FLEET_FLUSH_EVERY_S has passed (the task's thread looks at its budget that often,
+        and writes progress that often) or a claim's renewal is due; then take those that
+        finished meanwhile."""
+        results = []
+        wake_by = time.monotonic() + FLEET_FLUSH_EVERY_S  # at the latest (the task's budget)
+        while self.in_flight and len(results) < want:
+            now = time.monotonic()
+            until = min(wake_by, self.next_renewal())
+            if now >= until:
+                break
+            try:
+                results.append(self.finished.get(timeout=until - now))
+            except queue.Empty:
+                continue
+            self.in_flight -= 1
+        while True:
+            try:
+                results.append(self.finished.get_nowait())
+            except queue.Empty:
+                return [(check, result) for check, result in results if result is not None]
+            self.in_flight -= 1
 
 
 @task()
@@ -327,37 +463,60 @@ def run_fleet_checks(check_ids: list[int]) -> dict:
     A check whose device already runs another check is handed to :func:`run_check` (one task
     for it, which waits its turn), so the one-check-per-device rule holds as for any check."""
     from collections import Counter
-    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
     from .task_results import task_max_runtime
 
     ConnectionCheck.objects.reap_stale()
     pending, deferred, results, counts = list(check_ids), [], [], Counter()
-    running = {}
     stop_claiming = time.monotonic() + task_max_runtime() - 2 * check_max_runtime()
-    with ThreadPoolExecutor(FLEET_CONCURRENCY, thread_name_prefix="fleet-check") as pool:
-        while pending or running or results:
-            if pending and time.monotonic() > stop_claiming:
-                _enqueue_fleet(pending)  # the rest as a task of its own
+    lookahead = FLEET_LOOKAHEAD
+    pool = _FleetPool()
+    try:
+        while True:
+            if time.monotonic() > stop_claiming and (pending or pool.not_started()):
+                withdrawn = [check.pk for check in pool.withdraw()]
+                if withdrawn:  # claimed ahead, never started: queued again, for the next task
+                    ConnectionCheck.objects.filter(
+                        pk__in=withdrawn, status=CheckStatus.RUNNING, runner=runner_name()
+                    ).update(status=CheckStatus.QUEUED, started_at=None, runner="")
+                _enqueue_fleet(sorted(withdrawn + pending))  # the rest as a task of its own
                 pending = []
-            free = FLEET_CONCURRENCY - len(running)
-            batch, pending = pending[:free], pending[free:]
-            # One write transaction per round: the results that came in and the claims for the
-            # slots they freed (on SQLite every write transaction queues for the one lock).
-            with transaction.atomic():
-                _store(results)
-                claimed = _claim_many(batch, deferred)
-            results = []
-            for check in claimed:
-                running[pool.submit(_run_safely, check)] = check
-            if not running:
-                continue
-            wait(running, timeout=FLEET_FLUSH_EVERY_S, return_when=FIRST_COMPLETED)
-            time.sleep(FLEET_GATHER_S)  # let the checks finishing at about the same time join in
-            for future in [f for f in running if f.done()]:
-                check = running.pop(future)
-                results.append((check, future.result()))
-                counts[results[-1][1].outcome] += 1
+            room = FLEET_CONCURRENCY + lookahead - pool.in_flight
+            batch, pending = pending[:room], pending[room:]
+            loaded = _load_queued(batch)  # read before the write transaction: it holds the lock
+            renew = pool.waiting_since(FLEET_CLAIM_RENEW_S)
+            if results or loaded or renew:
+                # One write transaction per round: the results that came in, the claims for the
+                # free slots and the renewals (on SQLite every write transaction queues for the
+                # one write lock).
+                had_waiting, began = pool.not_started(), time.monotonic()
+                with transaction.atomic():
+                    _store(results)
+                    claimed = _claim_loaded(loaded, deferred)
+                    if renew:
+                        ConnectionCheck.objects.filter(
+                            pk__in=[check.pk for check in renew], status=CheckStatus.RUNNING,
+                            runner=runner_name(),
+                        ).update(started_at=timezone.now())
+                pool.renewed(renew)
+                slow = time.monotonic() - began > FLEET_SLOW_ROUND_S
+                if pending and had_waiting and slow and not pool.not_started():
+                    # The threads ran out of claimed checks while this round waited for the
+                    # database: claim further ahead.
+                    lookahead = min(2 * lookahead, FLEET_LOOKAHEAD_MAX)
+                counts.update(result.outcome for _check, result in results)
+                results = []
+                for check in claimed:
+                    pool.submit(check)
+            refill = max(1, lookahead // 2)  # claim again once the threads took this many
+            room = FLEET_CONCURRENCY + lookahead - pool.in_flight
+            if pending and room >= refill:
+                continue  # checks of the batch were gone or deferred: claim more now
+            if not pool.in_flight:
+                break
+            results = pool.gather(refill - room if pending else len(check_ids) + 1)
+    finally:
+        pool.executor.shutdown(wait=True)
     for check_id in deferred:
         _enqueue(check_id)
     return dict(counts)

@@ -117,3 +117,46 @@ def test_prunechecks_deletes_finished_checks_older_than_the_retention(device, se
 def test_prunechecks_refuses_a_retention_below_one_day(db):
     with pytest.raises(CommandError, match="at least 1"):
         call_command("prunechecks", "--days", "0")
+
+
+def test_while_it_waits_it_loads_each_finished_check_once_and_no_secret(
+    db, product, monkeypatch
+):
+    """Each poll reads ids; a check's row is loaded once, when it is newly finished, without
+    the device's secret (before: every poll loaded every check finished in the last 30 s and
+    decrypted its device's secret, the command's main cost over a fleet)."""
+    from devices import fields
+    from devices.choices import Outcome
+    from devices.management.commands import checkconnections
+
+    devices = [Device.objects.create(product=product, device_id=f"wait-{i}") for i in range(5)]
+    checks = [ConnectionCheck.objects.create(device=d, status=CheckStatus.RUNNING,
+                                             runner="elsewhere:1", started_at=timezone.now())
+              for d in devices]
+    unfinished = list(checks)
+
+    def one_finishes_per_poll(_seconds):  # the worker, as the command's polls see it
+        unfinished.pop(0).finish(Outcome.ACCEPTED)
+
+    loads, decrypted = [], []
+
+    real_from_db = ConnectionCheck.from_db.__func__
+
+    def counting_from_db(cls, db, field_names, values):
+        if "outcome" in field_names:  # a result (reap_stale reads the running checks' state)
+            loads.append(values[list(field_names).index("id")])
+        return real_from_db(cls, db, field_names, values)
+
+    real_decrypt = fields.decrypt_secret
+    monkeypatch.setattr(checkconnections.time, "sleep", one_finishes_per_poll)
+    monkeypatch.setattr(ConnectionCheck, "from_db", classmethod(counting_from_db))
+    monkeypatch.setattr(fields, "decrypt_secret",
+                        lambda stored: decrypted.append(1) or real_decrypt(stored))
+    out = io.StringIO()
+    command = checkconnections.Command(stdout=out)
+    finished = command.wait(checks, timeout=30)
+    assert sorted(finished) == sorted(c.pk for c in checks)
+    assert sorted(loads) == sorted(c.pk for c in checks)  # each row once
+    assert decrypted == []
+    assert out.getvalue().count(": succeeded — ") == 5
+    assert "wait-0&a1B2c3D4e5F: succeeded" in out.getvalue()

@@ -86,3 +86,78 @@ def test_a_task_past_its_budget_hands_the_rest_to_a_new_task(
     tasks.run_fleet_checks.call([c.pk for c in checks])
     assert handed == [[c.pk for c in checks]]  # the budget was spent at once: nothing claimed
     assert set(ConnectionCheck.objects.values_list("status", flat=True)) == {CheckStatus.QUEUED}
+
+
+@pytest.mark.broker
+def test_a_check_claimed_ahead_keeps_its_own_time_from_when_a_thread_takes_it(
+    transactional_db, devices, silent_server, settings, monkeypatch
+):
+    """Checks are claimed ahead of a free thread (so the threads never wait for the database);
+    one still waiting after FLEET_CLAIM_RENEW_S has its started_at renewed, so that a check
+    that waited is not older than it ran (and not reaped as stale while it runs)."""
+    settings.MQTT_HOST, settings.MQTT_PORT, settings.MQTT_TLS_PORT = (
+        "127.0.0.1", silent_server.port, None)
+    settings.CHECK_STEP_TIMEOUT = 1  # each check waits 1 s for a CONNACK that never comes
+    monkeypatch.setattr(tasks, "FLEET_CONCURRENCY", 1)
+    monkeypatch.setattr(tasks, "FLEET_LOOKAHEAD", 2)
+    monkeypatch.setattr(tasks, "FLEET_CLAIM_RENEW_S", 0.3)
+    checks = request_fleet_checks(devices[:3])  # ImmediateBackend: runs here, one at a time
+    stored = sorted(ConnectionCheck.objects.filter(pk__in=[c.pk for c in checks]),
+                    key=lambda c: c.finished_at)
+    assert [c.outcome for c in stored] == [Outcome.NO_CONNACK] * 3
+    # One after the other: the last finished about 3 s after the first started ...
+    assert (stored[-1].finished_at - stored[0].started_at).total_seconds() > 2.5
+    # ... but none counts more than its own second (+ a renewal period, + slack) as running.
+    for check in stored:
+        assert (check.finished_at - check.started_at).total_seconds() < 1 + 0.3 + 0.5, check
+
+
+def test_results_are_stored_as_a_single_check_stores_them(devices):
+    """The fleet's bulk write stores every result field as ``ConnectionCheck.finish`` does."""
+    from django.db import connection
+
+    from devices.connection_check import CheckResult
+
+    result = CheckResult(Outcome.REFUSED_BAD_CREDENTIALS, connack_code=4,
+                         detail="CONNACK code 4 «é»", latencies={"tcp": 0.31, "connack": 1.5})
+    single, fleet = (ConnectionCheck.objects.create(device=d, status=CheckStatus.RUNNING)
+                     for d in devices[:2])
+    single.finish(result.outcome, result.detail, result.connack_code, result.latencies)
+    tasks._store([(fleet, result)])
+    columns = ", ".join(f'"{name}"' for name in
+                        ["status", "outcome", "reason", "connack_code", "latencies"])
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {columns} FROM devices_connectioncheck WHERE id IN (%s, %s) "
+                       "ORDER BY id", [single.pk, fleet.pk])
+        raw_single, raw_fleet = cursor.fetchall()
+    assert raw_fleet == raw_single
+    assert raw_fleet[:4] == ("failed", "refused_bad_credentials", "CONNACK code 4 «é»", 4)
+    fleet.refresh_from_db()
+    assert fleet.latencies == {"tcp": 0.31, "connack": 1.5}
+    assert fleet.finished_at is not None and fleet.finished_at.tzinfo is not None
+
+
+@pytest.mark.broker
+def test_a_task_past_its_budget_gives_back_the_checks_it_claimed_ahead(
+    transactional_db, devices, silent_server, settings, monkeypatch
+):
+    """The checks claimed ahead that no thread has taken are queued again and handed, with the
+    unclaimed ones, to the next task; the one running finishes with its result."""
+    from devices import task_results
+
+    settings.MQTT_HOST, settings.MQTT_PORT, settings.MQTT_TLS_PORT = (
+        "127.0.0.1", silent_server.port, None)
+    settings.CHECK_STEP_TIMEOUT = 1
+    monkeypatch.setattr(tasks, "FLEET_CONCURRENCY", 1)
+    monkeypatch.setattr(tasks, "FLEET_LOOKAHEAD", 2)
+    # The budget ends half a second in, while the first check waits for its CONNACK.
+    monkeypatch.setattr(task_results, "task_max_runtime",
+                        lambda: 2 * tasks.check_max_runtime() + 0.5)
+    handed = []
+    monkeypatch.setattr(tasks, "_enqueue_fleet", handed.append)
+    checks = ConnectionCheck.objects.bulk_create([ConnectionCheck(device=d) for d in devices[:5]])
+    tasks.run_fleet_checks.call([c.pk for c in checks])
+    first, *rest = ConnectionCheck.objects.filter(pk__in=[c.pk for c in checks]).order_by("pk")
+    assert (first.status, first.outcome) == (CheckStatus.FAILED, Outcome.NO_CONNACK)
+    assert handed == [[c.pk for c in rest]]
+    assert {(c.status, c.started_at, c.runner) for c in rest} == {(CheckStatus.QUEUED, None, "")}
