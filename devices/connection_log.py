@@ -1,19 +1,22 @@
 """The connection log's recorder: what a broker saw, kept off its hot path.
 
 A broker (the embedded one, or the EMQX hooks) calls :func:`record` for every CONNECT outcome
-and every end of a session. ``record`` only appends to an in-process buffer (folding identical
-events into one as it goes) and returns; a daemon thread writes the buffer every
-``FLUSH_INTERVAL_S`` in one transaction (:func:`flush`). At that point, and only then, a refusal
-of a known device is diagnosed with the signature debugger's own reasoning
+and every end of a session. ``record`` only appends one tuple of its arguments to an in-process
+queue and returns (the embedded broker calls it on its event loop, a thousand times a second);
+a daemon thread takes the queue every ``FLUSH_INTERVAL_S`` and does all the rest per batch
+(:func:`flush`): it folds identical events, looks up their devices, the rows they fold into
+(one query for the whole batch), inserts the new rows in bulk and trims the devices that went
+over their limit, in one transaction. At that point, and only then, a refusal of a known
+device is diagnosed with the signature debugger's own reasoning
 (:func:`devices.diagnosis.diagnose`) and its findings are stored in English and Chinese; the
-password the device sent lives in the buffer until then and is never stored or logged.
+password the device sent lives in the queue until then and is never stored or logged.
 
 Folding: events with the same device (or product, when the deviceId is unknown), kind, code,
 clientId and peer host (the port left out) within ``FOLD_WINDOW_S`` of the row's first event are
-one row whose ``count`` grows, both inside the buffer and against the newest matching row in the
+one row whose ``count`` grows, both inside a batch and against the newest matching row in the
 database. At most ``MAX_EVENTS_PER_DEVICE`` rows are kept per device (and per product for unknown
-devices, and for the staff-only list); ``manage.py prunechecks`` deletes rows older than
-``PORTAL_CONNECTION_LOG_DAYS``.
+devices, and for the staff-only list), checked after every batch; ``manage.py prunechecks``
+deletes rows older than ``PORTAL_CONNECTION_LOG_DAYS``.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
+from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.utils import timezone
@@ -36,11 +41,13 @@ logger = logging.getLogger("devices.connection_log")
 FLUSH_INTERVAL_S = 0.25
 FOLD_WINDOW_S = 60
 MAX_EVENTS_PER_DEVICE = 500
-MAX_BUFFERED = 10_000  # distinct pending events; beyond it new ones are dropped and counted
+MAX_BUFFERED = 10_000  # distinct events of one batch; beyond it new ones are dropped and counted
+MAX_QUEUED = 100_000  # events waiting for the flush thread (a database locked for long)
 # CPU the diagnoses of one flush may take (a diagnosis is ~30 ms of HMACs, on the broker's GIL):
 # past it, further new rows of that flush keep the code's words only. One is always done.
 DIAGNOSIS_BUDGET_S = 0.03
 _TEXT_MAX = 200
+_CHUNK = 500  # ids per IN (...) (SQLite's variable limit is far above; keeps statements small)
 
 
 def _cut(value, limit=_TEXT_MAX) -> str:
@@ -88,7 +95,9 @@ class PendingEvent:
 class _Buffer:
     def __init__(self):
         self.lock = threading.Lock()
-        self.pending: dict[tuple, PendingEvent] = {}
+        # record() appends, flush() pops: deque's append and popleft are safe between threads
+        # without a lock, so that the broker's event loop never waits for the flush thread.
+        self.queue: deque[tuple] = deque()
         self.dropped = 0
         self.thread: threading.Thread | None = None
         self.flush_lock = threading.Lock()
@@ -116,19 +125,39 @@ def record(kind: str, *, broker: str, code: str, peer: str = "", transport: str 
            session_seconds: float | None = None, taker_peer: str = "", taker_client_id: str = "",
            product_id: str | None = None, device_id: str | None = None,
            at: datetime | None = None) -> None:
-    """Note one event; returns at once (no database work here). The device is found from
-    ``product_id``/``device_id`` or else from ``username`` (deviceId&productId), when it parses."""
+    """Note one event; returns at once (no database work, no parsing here: the flush thread
+    does it). The device is found from ``product_id``/``device_id`` or else from ``username``
+    (deviceId&productId), when it parses."""
     if not enabled():
         return
+    buffer = _buffer
+    if len(buffer.queue) < MAX_QUEUED:
+        buffer.queue.append((
+            kind, broker, code, peer, transport, protocol, mqtt_client_id, username, password,
+            connack, session_seconds, taker_peer, taker_client_id, product_id, device_id,
+            time.time() if at is None else at,
+        ))
+    else:
+        with buffer.lock:
+            buffer.dropped += 1
+    if buffer.thread is None and getattr(settings, "CONNECTION_LOG_BACKGROUND", True):
+        start()
+
+
+def _pending_event(kind, broker, code, peer, transport, protocol, mqtt_client_id, username,
+                   password, connack, session_seconds, taker_peer, taker_client_id, product_id,
+                   device_id, at) -> PendingEvent:
+    """What :func:`record` queued, checked and cut to the columns' sizes."""
     if product_id is None:
         try:
             device_id, product_id = signing.parse_username(username)
         except (signing.SigningError, TypeError):
             product_id = device_id = None
     mqtt_client_id = mqtt_client_id if isinstance(mqtt_client_id, str) else ""
-    now = at or timezone.now()
-    event = PendingEvent(
-        kind=kind, broker=broker, code=_cut(code, 40), at=now, first_at=now,
+    if not isinstance(at, datetime):
+        at = datetime.fromtimestamp(at, tz=UTC) if settings.USE_TZ else datetime.fromtimestamp(at)
+    return PendingEvent(
+        kind=kind, broker=broker, code=_cut(code, 40), at=at, first_at=at,
         product_id=product_id, device_id=device_id, peer=_cut(peer, 100),
         transport=_cut(transport or "", 8), protocol=_cut(protocol, 16),
         client_id=_cut(mqtt_client_id.partition("|")[0]), connack=connack,
@@ -137,21 +166,33 @@ def record(kind: str, *, broker: str, code: str, peer: str = "", transport: str 
         mqtt_client_id=mqtt_client_id[:1024], username=_cut(username or "", 300),
         password=password if isinstance(password, str) and kind == ConnectionKind.REFUSED else None,
     )
-    key = event.fold_key()
-    with _buffer.lock:
-        folded = _buffer.pending.get(key)
-        if folded is not None and (now - folded.first_at).total_seconds() < FOLD_WINDOW_S:
+
+
+def _take_queue() -> tuple[list[PendingEvent], int]:
+    """The queued events folded (same key within FOLD_WINDOW_S of the first: one event whose
+    count grows), in order, and how many were dropped for want of room."""
+    queue = _buffer.queue
+    pending: dict[tuple, PendingEvent] = {}
+    dropped = 0
+    while True:
+        try:
+            queued = queue.popleft()
+        except IndexError:
+            break
+        event = _pending_event(*queued)
+        key = event.fold_key()
+        folded = pending.get(key)
+        if folded is not None and (event.at - folded.first_at).total_seconds() < FOLD_WINDOW_S:
             folded.count += 1
-            folded.at = now
-        elif folded is None and len(_buffer.pending) >= MAX_BUFFERED:
-            _buffer.dropped += 1
+            folded.at = event.at
+        elif folded is None and len(pending) >= MAX_BUFFERED:
+            dropped += 1
         else:
             if folded is not None:  # a minute old: write it as it is, start a new one
-                _buffer.pending[(*key, id(folded))] = folded
-                del _buffer.pending[key]
-            _buffer.pending[key] = event
-    if _buffer.thread is None and getattr(settings, "CONNECTION_LOG_BACKGROUND", True):
-        start()
+                pending[(*key, id(folded))] = folded
+                del pending[key]
+            pending[key] = event
+    return list(pending.values()), dropped
 
 
 def start() -> None:
@@ -161,23 +202,80 @@ def start() -> None:
 
 
 def dropped() -> int:
-    """How many events were dropped because the buffer was full (since the process started)."""
+    """How many events were dropped because the buffer was full (since the last flush)."""
     return _buffer.dropped
 
 
 def flush() -> int:
-    """Write what is buffered, in one transaction; returns how many events were written
+    """Write what is queued, in one transaction; returns how many events were written
     (folded ones counted once each). Tests and shutdown call it; the thread does otherwise."""
     with _buffer.flush_lock:
+        pending, dropped_now = _take_queue()
         with _buffer.lock:
-            pending, _buffer.pending = list(_buffer.pending.values()), {}
-            dropped_now, _buffer.dropped = _buffer.dropped, 0
+            dropped_now, _buffer.dropped = dropped_now + _buffer.dropped, 0
         if dropped_now:
             logger.warning("Connection log: %d event(s) dropped, the buffer was full", dropped_now)
         if not pending:
             return 0
-        _write(pending)
+        try:
+            _write(pending)
+        finally:
+            for event in pending:
+                event.password = None
         return sum(event.count for event in pending)
+
+
+@dataclass
+class _Target:
+    """The row a key's next event folds into: one in the database (``pk``) or one this batch
+    inserts (``row``)."""
+
+    first_at: datetime
+    pk: int | None = None
+    row: object = None
+
+
+def _row_key(product_pk, device_pk, kind, code, client_id, host):
+    return (product_pk, device_pk, kind, code, client_id, host)
+
+
+def _event_key(event, product, device):
+    return _row_key(product.pk if product else None, device.pk if device else None, event.kind,
+                    event.code, event.client_id, peer_host(event.peer))
+
+
+def _fold_targets(resolved) -> dict[tuple, _Target]:
+    """For every key of the batch, the newest row (by first_at, then id) that could take its
+    events: one query per kind of owner (device, product, none) and chunk, not one per event."""
+    from django.db.models import Q
+
+    from .models import ConnectionEvent
+
+    window_start = min(event.at for event, _p, _d in resolved) - timedelta(seconds=FOLD_WINDOW_S)
+    keys = {_event_key(event, product, device) for event, product, device in resolved}
+    device_pks = sorted({key[1] for key in keys if key[1] is not None})
+    product_pks = sorted({key[0] for key in keys if key[1] is None and key[0] is not None})
+    owners = [Q(device_id__in=device_pks[i : i + _CHUNK]) for i in range(0, len(device_pks), _CHUNK)]
+    owners += [Q(device=None, product_id__in=product_pks[i : i + _CHUNK])
+               for i in range(0, len(product_pks), _CHUNK)]
+    if any(key[0] is None and key[1] is None for key in keys):
+        owners.append(Q(device=None, product=None))
+    newest: dict[tuple, tuple] = {}  # key → (first_at, pk) of its newest row
+    for owner in owners:
+        rows = ConnectionEvent.objects.filter(
+            owner, first_at__gt=window_start, kind__in={k[2] for k in keys},
+            code__in={k[3] for k in keys},
+        ).order_by().values_list("product_id", "device_id", "kind", "code", "client_id",
+                                 "peer_host", "first_at", "pk")
+        for *fields, first_at, pk in rows:
+            key = _row_key(*fields)
+            if key in keys and (key not in newest or (first_at, pk) > newest[key]):
+                newest[key] = (first_at, pk)
+    return {key: _Target(first_at=first_at, pk=pk) for key, (first_at, pk) in newest.items()}
+
+
+def _folds(target: _Target | None, event: PendingEvent) -> bool:
+    return target is not None and target.first_at > event.at - timedelta(seconds=FOLD_WINDOW_S)
 
 
 def _write(pending: list[PendingEvent]) -> None:
@@ -192,22 +290,13 @@ def _write(pending: list[PendingEvent]) -> None:
         (d.product.product_id, d.device_id): d
         for d in Device.objects.filter(product__in=products.values(), device_id__in=device_ids)
         .select_related("product")
-    }
-    touched = set()
+    } if device_ids else {}
+    resolved = []
+    for event in pending:
+        product = products.get(event.product_id)
+        resolved.append((event, product,
+                         devices.get((event.product_id, event.device_id)) if product else None))
     budget = {"left": DIAGNOSIS_BUDGET_S}
-
-    def fold_target(event, product, device):
-        window_start = event.at - timedelta(seconds=FOLD_WINDOW_S)
-        return (
-            ConnectionEvent.objects.filter(
-                product=product, device=device, kind=event.kind, code=event.code,
-                client_id=event.client_id, peer_host=peer_host(event.peer),
-                first_at__gt=window_start,
-            )
-            .order_by("-first_at", "-id")
-            .only("pk", "last_at")
-            .first()
-        )
 
     # The findings (the diagnosis: CPU work, both languages) are made before the transaction,
     # for the events that will not fold into an earlier row, so that the write lock (SQLite has
@@ -215,26 +304,32 @@ def _write(pending: list[PendingEvent]) -> None:
     # Only refusals are diagnosed (an accepted CONNECT's clock warnings and an end of session
     # cost next to nothing), so only they are looked up here.
     findings = {}
-    for index, event in enumerate(pending):
-        if not _needs_diagnosis(event):
-            continue
-        product = products.get(event.product_id)
-        device = devices.get((event.product_id, event.device_id)) if product else None
-        if fold_target(event, product, device) is None:
-            findings[index] = _findings(event, device, budget)
+    targets = None
+    if any(_needs_diagnosis(event) for event in pending):
+        targets = _fold_targets(resolved)
+        for index, (event, product, device) in enumerate(resolved):
+            if _needs_diagnosis(event) and not _folds(
+                targets.get(_event_key(event, product, device)), event
+            ):
+                findings[index] = _findings(event, device, budget)
     with transaction.atomic():
-        for index, event in enumerate(pending):
-            product = products.get(event.product_id)
-            device = devices.get((event.product_id, event.device_id)) if product else None
-            existing = fold_target(event, product, device)
-            if existing is not None:
-                from django.db.models import F
-
-                ConnectionEvent.objects.filter(pk=existing.pk).update(
-                    count=F("count") + event.count, last_at=max(existing.last_at, event.at)
-                )
+        targets = _fold_targets(resolved) if targets is None or findings else targets
+        increments: dict[int, list] = {}  # row pk → [count to add, newest last_at]
+        new_rows = []
+        touched = set()
+        for index, (event, product, device) in enumerate(resolved):
+            key = _event_key(event, product, device)
+            target = targets.get(key)
+            if _folds(target, event):
+                if target.row is not None:
+                    target.row.count += event.count
+                    target.row.last_at = max(target.row.last_at, event.at)
+                else:
+                    added = increments.setdefault(target.pk, [0, event.at])
+                    added[0] += event.count
+                    added[1] = max(added[1], event.at)
                 continue
-            ConnectionEvent.objects.create(
+            row = ConnectionEvent(
                 product=product, device=device, first_at=event.first_at, last_at=event.at,
                 kind=event.kind, broker=event.broker, peer=event.peer,
                 peer_host=peer_host(event.peer), transport=event.transport,
@@ -245,12 +340,58 @@ def _write(pending: list[PendingEvent]) -> None:
                 session_seconds=event.session_seconds, taker_peer=event.taker_peer,
                 taker_client_id=event.taker_client_id,
             )
+            new_rows.append(row)
+            if target is None or event.first_at >= target.first_at:
+                targets[key] = _Target(first_at=event.first_at, row=row)
             touched.add((product.pk if product else None, device.pk if device else None))
             event.password = None
-        for product_pk, device_pk in touched:
-            _trim(product_pk, device_pk)
-    for event in pending:
-        event.password = None
+        _add_to_rows(increments)
+        ConnectionEvent.objects.bulk_create(new_rows, batch_size=_CHUNK)
+        _trim_touched(touched)
+
+
+def _add_to_rows(increments: dict[int, list]) -> None:
+    """count += n and last_at = the later of the two, for every folded row, in one statement
+    per row sent at once (executemany): the increment is the database's, so that two processes
+    folding into the same row (gunicorn workers behind the EMQX hooks) both count."""
+    if not increments:
+        return
+    from django.db import connection
+
+    from .models import ConnectionEvent
+
+    quote = connection.ops.quote_name
+    meta = ConnectionEvent._meta
+    table, count, last_at, pk = (quote(meta.db_table), quote(meta.get_field("count").column),
+                                 quote(meta.get_field("last_at").column), quote(meta.pk.column))
+    adapt = connection.ops.adapt_datetimefield_value
+    with connection.cursor() as cursor:
+        cursor.executemany(
+            f"UPDATE {table} SET {count} = {count} + %s, "
+            f"{last_at} = CASE WHEN {last_at} < %s THEN %s ELSE {last_at} END WHERE {pk} = %s",
+            [(n, adapt(at), adapt(at), row) for row, (n, at) in increments.items()],
+        )
+
+
+def _trim_touched(touched) -> None:
+    """Trim (``_trim``) the owners that got new rows and now hold more than the limit: one
+    counting query per chunk of devices finds them."""
+    from django.db.models import Count
+
+    from .models import ConnectionEvent
+
+    device_pks = sorted(device_pk for _product_pk, device_pk in touched if device_pk is not None)
+    for start in range(0, len(device_pks), _CHUNK):
+        over = (
+            ConnectionEvent.objects.filter(device_id__in=device_pks[start : start + _CHUNK])
+            .order_by().values("device_id").annotate(rows=Count("id"))
+            .filter(rows__gt=MAX_EVENTS_PER_DEVICE).values_list("device_id", flat=True)
+        )
+        for device_pk in list(over):
+            _trim(None, device_pk)
+    for product_pk, device_pk in touched:
+        if device_pk is None:
+            _trim(product_pk, None)
 
 
 def _trim(product_pk, device_pk):

@@ -190,3 +190,81 @@ def test_the_password_is_never_stored(device):
     connection_log.flush()
     for row in ConnectionEvent.objects.values():
         assert wrong not in repr(row) and SECRET not in repr(row)
+
+
+def _connected_and_gone(device_id, product_id="a1B2c3D4e5F", **extra):
+    connection_log.record("connected", broker="embedded", code="accepted", connack=0,
+                          peer="127.0.0.1:40000", transport="tcp", protocol="3.1.1",
+                          mqtt_client_id=f"{device_id}|securemode=3|", product_id=product_id,
+                          device_id=device_id, **extra)
+    connection_log.record("disconnected", broker="embedded", code="client_disconnect",
+                          peer="127.0.0.1:40000", transport="tcp", protocol="3.1.1",
+                          mqtt_client_id=f"{device_id}|securemode=3|", product_id=product_id,
+                          device_id=device_id, session_seconds=1, **extra)
+
+
+def test_a_flush_of_many_devices_costs_a_few_queries_not_some_per_event(product):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from devices.models import Device
+
+    Device.objects.bulk_create(
+        [Device(product=product, device_id=f"many-{n}", device_secret=SECRET) for n in range(60)])
+    for n in range(60):
+        _connected_and_gone(f"many-{n}")
+    with CaptureQueriesContext(connection) as first:
+        assert connection_log.flush() == 120
+    for _ in range(3):
+        for n in range(60):
+            _connected_and_gone(f"many-{n}")
+    with CaptureQueriesContext(connection) as second:
+        assert connection_log.flush() == 360
+    # 120 new rows, then 120 folded into them: each flush looks up, inserts or adds, and
+    # checks the limit for the whole batch (the old recorder ran three queries per event).
+    assert len(first.captured_queries) <= 12, [q["sql"][:80] for q in first.captured_queries]
+    assert len(second.captured_queries) <= 12, [q["sql"][:80] for q in second.captured_queries]
+    assert ConnectionEvent.objects.count() == 120
+    assert set(ConnectionEvent.objects.values_list("count", flat=True)) == {4}
+
+
+def test_a_fold_into_an_earlier_row_keeps_the_later_last_occurrence(device):
+    now = timezone.now()
+    refuse(at=now - timedelta(seconds=10))
+    connection_log.flush()
+    refuse(at=now - timedelta(seconds=20))  # arrives later, happened earlier (another process)
+    refuse(at=now - timedelta(seconds=5))
+    connection_log.flush()
+    row = ConnectionEvent.objects.get(device=device)
+    assert (row.count, row.first_at, row.last_at) == (3, now - timedelta(seconds=10),
+                                                      now - timedelta(seconds=5))
+
+
+def test_the_limit_per_device_holds_across_flushes(device):
+    start = timezone.now() - timedelta(hours=1)
+    for flush_number in range(3):
+        for index in range(200):
+            n = flush_number * 200 + index
+            refuse(peer=f"198.51.100.{n % 250}:1", at=start + timedelta(seconds=n))
+        connection_log.flush()
+    kept = ConnectionEvent.objects.filter(device=device)
+    assert kept.count() == 500
+    assert kept.order_by("last_at").first().last_at == start + timedelta(seconds=100)
+
+
+def test_an_event_queued_while_a_flush_writes_is_written_by_the_next(device, monkeypatch):
+    from devices import connection_log as log
+
+    real_write = log._write
+
+    def write_and_record_meanwhile(pending):
+        refuse(code="device_disabled")  # the broker records while the flush thread writes
+        real_write(pending)
+
+    monkeypatch.setattr(log, "_write", write_and_record_meanwhile)
+    refuse()
+    assert connection_log.flush() == 1
+    monkeypatch.setattr(log, "_write", real_write)
+    assert connection_log.flush() == 1
+    assert sorted(ConnectionEvent.objects.values_list("code", flat=True)) == [
+        "bad_signature", "device_disabled"]
