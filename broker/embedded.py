@@ -107,12 +107,15 @@ class DeviceConnection:
     async def close(self, reason: str, code: str = "unknown",
                     taker: tuple[str, str] | None = None) -> None:
         """Drop the connection (MQTT 3.1.1 has no server DISCONNECT: the socket is closed).
-        ``reason`` is for the broker's log; ``code`` is the connection log's (stable)."""
+        ``reason`` is for the broker's log; ``code`` is the connection log's (stable). A
+        takeover is the platform's rule at work (spec §4), logged at INFO like a connect; the
+        other reasons (disabled, rotated, a broken profile, a silent client) are warnings."""
         if self.closing_reason is None:
             self.closing_reason = reason
             self.closing_code = code
             self.taker = taker
-            logger.warning(
+            logger.log(
+                logging.INFO if code == "taken_over" else logging.WARNING,
                 "Disconnecting %s (clientId %r): %s", self.name, shown(self.client_id),
                 shown(reason, MAX_TEXT_CHARS),
             )

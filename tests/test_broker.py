@@ -233,6 +233,20 @@ def test_a_newer_connection_replaces_the_old_whatever_the_client_ids(mqtt_broker
     assert status_of(device) == DeviceStatus.ONLINE
 
 
+def test_a_takeover_is_logged_at_info_and_a_disable_as_a_warning(mqtt_broker, clients):
+    device = make_device()
+    first = connect(mqtt_broker, clients, credentials(device, client_id="first"))
+    mark = mqtt_broker.log_mark()
+    second = connect(mqtt_broker, clients, credentials(device, client_id="second"))
+    assert (first.reason_code, second.reason_code) == (ACCEPTED, ACCEPTED)
+    log = mqtt_broker.wait_for_log(mark, "replaced by a newer connection")
+    assert "INFO broker.embedded: Disconnecting a1B2c3D4e5F/sensor-001 (clientId 'first')" in log
+    mark = mqtt_broker.log_mark()
+    Device.objects.filter(pk=device.pk).update(enabled=False)
+    log = mqtt_broker.wait_for_log(mark, "the device was disabled")
+    assert "WARNING broker.embedded: Disconnecting a1B2c3D4e5F/sensor-001 (clientId 'second')" in log
+
+
 def test_an_exclusive_connection_refuses_newcomers_while_it_lives(mqtt_broker, clients):
     device = make_device()
     first = connect(mqtt_broker, clients, credentials(device, client_id="first", exclusive=True))
