@@ -77,6 +77,16 @@ def stop(process):
         process.wait()
 
 
+def cpu_seconds(pid) -> float:
+    """The process's user + system CPU time, all threads (Linux /proc; 0 elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _string(value: str) -> bytes:
     data = value.encode()
     return len(data).to_bytes(2, "big") + data
