@@ -54,6 +54,7 @@ from devices.choices import ConnectionBroker, ConnectionKind, SendResult, TraceD
 from devices.logsafe import MAX_TEXT_CHARS, shown
 
 from . import verifier
+from .loader import DeviceLoader, fetch_records
 
 logger = logging.getLogger("broker.embedded")
 
@@ -318,6 +319,7 @@ class PortalBroker(Broker):
         self._admission = asyncio.Lock()
         self._ids = itertools.count(1)
         self._auth_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="broker-auth")
+        self._loader = DeviceLoader(lambda keys: self._db(self._auth_pool, fetch_records, keys))
         # Status changes wait here (device pk → [went online, online now]) and are written in
         # batches by one task: two UPDATEs per connection cost more than the authentication did.
         self._status_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="broker-status")
@@ -638,19 +640,20 @@ class PortalBroker(Broker):
                                "mqttUsername and mqttPassword are required", attempt)
             return
 
+        missing = None
         try:
             # A device in the verifier's short cache is verified here, in the loop (no query:
-            # hashing only); any other goes to a thread for its registry look-up.
+            # hashing only); any other is looked up by the batch loader (one query for all the
+            # CONNECTs waiting, on a thread), then verified here too.
             verdict = verifier.authenticate_connect(
                 mqtt_client_id, username, connect.payload.password, transport, cached_only=True)
-        except verifier.NotCached:
-            verdict = None
+        except verifier.NotCached as not_cached:
+            missing = not_cached.args[0]
         try:
-            if verdict is None:
-                verdict = await self._db(
-                    self._auth_pool, verifier.authenticate_connect,
-                    mqtt_client_id, username, connect.payload.password, transport,
-                )
+            if missing is not None:
+                record = await self._loader.load(missing)
+                verdict = verifier.authenticate_connect(
+                    mqtt_client_id, username, connect.payload.password, transport, record=record)
         except Exception as error:
             logger.error("Registry unavailable while verifying %s: %s", shown(who, MAX_TEXT_CHARS),
                          shown(error, MAX_TEXT_CHARS))

@@ -138,7 +138,7 @@ def refuse(code: str, reason: str, parsed: signing.ParsedConnect | None = None) 
 
 def authenticate_connect(
     mqtt_client_id, mqtt_username, mqtt_password, transport: str | None = None,
-    cached_only: bool = False,
+    cached_only: bool = False, record: DeviceRecord | None | type[NotCached] = NotCached,
 ) -> ConnectVerdict:
     """Verify a CONNECT against the registry, from one parse of its fields.
 
@@ -146,6 +146,8 @@ def authenticate_connect(
     transport and clock rules, all in ``signing.verify_parsed``), and only then whether the
     device is enabled, so that "device disabled" in a log always means a correctly signed device.
     ``cached_only``: raise NotCached instead of looking the device up in the registry.
+    ``record``: the device as already looked up (None: unknown), by the embedded broker's
+    batch loader (broker/loader.py), instead of a look-up here.
     """
     if transport is not None and transport not in TRANSPORTS:
         raise ValueError(f"transport must be one of {TRANSPORTS} or None, not {transport!r}")
@@ -153,7 +155,8 @@ def authenticate_connect(
         parsed = signing.parse_connect(mqtt_client_id, mqtt_username)
     except signing.SigningError as error:
         return refuse(error.code, error.message)
-    record = lookup_device(parsed.product_id, parsed.device_id, cached_only)
+    if record is NotCached:
+        record = lookup_device(parsed.product_id, parsed.device_id, cached_only)
     if record is None:
         return refuse(
             "unknown_device",

@@ -346,8 +346,30 @@ def _write(pending: list[PendingEvent]) -> None:
             touched.add((product.pk if product else None, device.pk if device else None))
             event.password = None
         _add_to_rows(increments)
-        ConnectionEvent.objects.bulk_create(new_rows, batch_size=_CHUNK)
+        _insert_rows(new_rows)
         _trim_touched(touched)
+
+
+def _insert_rows(rows) -> None:
+    """INSERT the new rows, one statement sent for all of them (executemany). Stands for
+    ``bulk_create(rows)``, whose compile step cost 0.3 ms a row (a reconnect storm's batch holds
+    thousands); every value goes through its field's own ``get_db_prep_save``, as there."""
+    if not rows:
+        return
+    from django.db import connection
+
+    from .models import ConnectionEvent
+
+    fields = [f for f in ConnectionEvent._meta.concrete_fields if not f.primary_key]
+    quote = connection.ops.quote_name
+    sql = (f"INSERT INTO {quote(ConnectionEvent._meta.db_table)} "
+           f"({', '.join(quote(f.column) for f in fields)}) "
+           f"VALUES ({', '.join(['%s'] * len(fields))})")
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, [
+            [f.get_db_prep_save(getattr(row, f.attname), connection) for f in fields]
+            for row in rows
+        ])
 
 
 def _add_to_rows(increments: dict[int, list]) -> None:

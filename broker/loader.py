@@ -1,0 +1,99 @@
+"""Cold device look-ups of the embedded broker, coalesced: one query for many CONNECTs.
+
+A CONNECT whose device is not in the verifier's short cache needs the registry. One query per
+CONNECT, each a hop to a worker thread, is what made a reconnect storm (thousands of devices at
+once after a broker restart or a network outage) slow. :class:`DeviceLoader` runs one query at a
+time on the event loop's behalf: the CONNECTs that ask while it runs wait for the next one, which
+fetches all of them together (``WHERE product_id = … AND device_id IN (…)``). A look-up never
+shares a query that started before it asked, so what it gets is as fresh as a query of its own:
+the verifier's rules (the ≤ 1 s cache, the 2 s disable/rotate rule) are unchanged.
+
+Found devices go into the verifier's short cache as ``verifier.lookup_device`` puts them there;
+unknown ones are not cached (as there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
+
+from django.conf import settings
+from django.db.models import Q
+
+from . import verifier
+
+Key = tuple[str, str]  # (productId, deviceId)
+CHUNK = 500  # keys per query
+
+
+def fetch_records(keys: Iterable[Key]) -> dict[Key, verifier.DeviceRecord]:
+    """The records of those of ``keys`` that exist (ORM work: call it on a worker thread), one
+    query per ``CHUNK`` keys, and put them in the verifier's short cache."""
+    from devices.models import Device
+
+    keys = sorted(set(keys))
+    found: dict[Key, verifier.DeviceRecord] = {}
+    for start in range(0, len(keys), CHUNK):
+        by_product: dict[str, list[str]] = {}
+        for product_id, device_id in keys[start : start + CHUNK]:
+            by_product.setdefault(product_id, []).append(device_id)
+        wanted = Q()
+        for product_id, device_ids in by_product.items():
+            wanted |= Q(product__product_id=product_id, device_id__in=device_ids)
+        rows = Device.objects.filter(wanted).values_list(
+            "pk", "product__product_id", "device_id", "device_secret", "enabled",
+            "secret_rotated_at",
+        )
+        for pk, product_id, device_id, secret, enabled, rotated in rows:
+            found[(product_id, device_id)] = verifier.DeviceRecord(
+                pk=pk, product_id=product_id, device_id=device_id, secret=secret,
+                enabled=enabled, secret_rotated_at=rotated,
+            )
+    if settings.MQTT_AUTH_CACHE_MS > 0:
+        for key, record in found.items():
+            verifier.registry_cache.put(key, record)
+    return found
+
+
+class DeviceLoader:
+    """``await load(key)`` → the device's record or None. ``fetch`` runs one batch (an awaitable
+    of ``{key: record}``, e.g. :func:`fetch_records` on a worker thread); at most one runs at a
+    time. Used from one event loop."""
+
+    def __init__(self, fetch: Callable[[list[Key]], Awaitable[dict[Key, verifier.DeviceRecord]]]):
+        self._fetch = fetch
+        self._waiting: dict[Key, list[asyncio.Future]] = {}
+        self._task: asyncio.Task | None = None
+        self.batches = 0  # queries run (for tests and benchmarks)
+
+    async def load(self, key: Key) -> verifier.DeviceRecord | None:
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(key, []).append(future)
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
+        return await future
+
+    async def _run(self) -> None:
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, {}
+                self.batches += 1
+                try:
+                    found = await self._fetch(list(batch))
+                except Exception as error:  # every waiter of this batch gets the failure
+                    for futures in batch.values():
+                        for future in futures:
+                            if not future.done():
+                                future.set_exception(error)
+                    continue
+                for key, futures in batch.items():
+                    for future in futures:
+                        if not future.done():
+                            future.set_result(found.get(key))
+        finally:
+            self._task = None
+            for futures in self._waiting.values():  # cancelled while waiting for a batch
+                for future in futures:
+                    if not future.done():
+                        future.cancel()
+            self._waiting = {}
