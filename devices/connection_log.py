@@ -184,7 +184,7 @@ def _take_queue() -> tuple[list[PendingEvent], int]:
         folded = pending.get(key)
         if folded is not None and (event.at - folded.first_at).total_seconds() < FOLD_WINDOW_S:
             folded.count += 1
-            folded.at = event.at
+            folded.at = max(folded.at, event.at)  # EMQX's events carry their own times
         elif folded is None and len(pending) >= MAX_BUFFERED:
             dropped += 1
         else:

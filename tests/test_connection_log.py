@@ -268,3 +268,39 @@ def test_an_event_queued_while_a_flush_writes_is_written_by_the_next(device, mon
     assert connection_log.flush() == 1
     assert sorted(ConnectionEvent.objects.values_list("code", flat=True)) == [
         "bad_signature", "device_disabled"]
+
+
+def round_trip_on_this_database():
+    """Asserts that the flush's own INSERT and fold UPDATE (SQL sent with executemany) store what
+    the ORM reads back; returns the row. tests/test_postgres.py runs it on PostgreSQL."""
+    from devices.models import Device, Product
+
+    product = Product.objects.create(product_id="cl-round", name="Round trip")
+    device = Device.objects.create(product=product, device_id="cl-dev", device_secret=SECRET)
+    at = timezone.now().replace(microsecond=123456) - timedelta(seconds=30)
+    hours_ago = str(signing.now_ms() - 5 * 3_600_000)
+
+    def connected(when):
+        connection_log.record("connected", broker="embedded", code="accepted", connack=0,
+                              peer="[2001:db8::1]:1883", transport="tcp", protocol="3.1.1",
+                              mqtt_client_id=f"cl|securemode=3,timestamp={hours_ago}|",
+                              product_id="cl-round", device_id="cl-dev", at=when)
+
+    connected(at)
+    connection_log.flush()
+    connected(at + timedelta(seconds=10))
+    connected(at + timedelta(seconds=5))  # older than the row's last: last_at stays the later
+    connection_log.flush()
+    row = ConnectionEvent.objects.get(device=device)
+    assert (row.count, row.first_at, row.last_at) == (3, at, at + timedelta(seconds=10))
+    assert (row.product_id, row.kind, row.code, row.connack) == (product.pk, "connected",
+                                                                 "accepted", 0)
+    assert (row.peer, row.peer_host, row.client_id, row.named_device_id) == (
+        "[2001:db8::1]:1883", "2001:db8::1", "cl", "cl-dev")
+    assert [f["code"] for f in row.findings] == ["clock_skew"]
+    assert "5.0" in row.findings[0]["en"] and row.findings[0]["zh"] != row.findings[0]["en"]
+    return row
+
+
+def test_the_flush_stores_what_the_orm_reads_back(db):
+    assert round_trip_on_this_database().count == 3

@@ -110,11 +110,14 @@ def test_the_portal_runs_on_postgresql(postgres_url, tmp_path):
         "print('DEVICES', product.devices.count())\n"
         "from tests.test_hot_queries import compare_with_orm\n"  # hand-built SQL on PostgreSQL
         "print('HOT QUERIES', len(compare_with_orm()))\n"
+        "from tests.test_connection_log import round_trip_on_this_database\n"  # its own SQL
+        "print('CONNECTION LOG', round_trip_on_this_database().count)\n"
     )
     output = manage(env, "shell", "-c", script)
     assert "ENGINE postgresql" in output
     assert "DEVICES 501" in output
     assert "HOT QUERIES" in output
+    assert "CONNECTION LOG 3" in output
     client_id, username, password, secret = output.split("PARAMS ")[1].split()[:4]
     assert client_id == "12345|securemode=3,signmethod=hmacsha1,timestamp=789|"
     assert username == "demo-device-001&demo-product"
