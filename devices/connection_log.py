@@ -239,9 +239,9 @@ def _row_key(product_pk, device_pk, kind, code, client_id, host):
     return (product_pk, device_pk, kind, code, client_id, host)
 
 
-def _event_key(event, product, device):
-    return _row_key(product.pk if product else None, device.pk if device else None, event.kind,
-                    event.code, event.client_id, peer_host(event.peer))
+def _event_key(event, product_pk, device_pk):
+    return _row_key(product_pk, device_pk, event.kind, event.code, event.client_id,
+                    peer_host(event.peer))
 
 
 def _fold_targets(resolved) -> dict[tuple, _Target]:
@@ -252,7 +252,7 @@ def _fold_targets(resolved) -> dict[tuple, _Target]:
     from .models import ConnectionEvent
 
     window_start = min(event.at for event, _p, _d in resolved) - timedelta(seconds=FOLD_WINDOW_S)
-    keys = {_event_key(event, product, device) for event, product, device in resolved}
+    keys = {_event_key(event, product_pk, device_pk) for event, product_pk, device_pk in resolved}
     device_pks = sorted({key[1] for key in keys if key[1] is not None})
     product_pks = sorted({key[0] for key in keys if key[1] is None and key[0] is not None})
     owners = [Q(device_id__in=device_pks[i : i + _CHUNK]) for i in range(0, len(device_pks), _CHUNK)]
@@ -283,20 +283,31 @@ def _write(pending: list[PendingEvent]) -> None:
 
     from .models import ConnectionEvent, Device, Product
 
+    # Only the primary keys: the rows are written with them, and the few devices a diagnosis
+    # needs whole are loaded by ``diagnosed``.
     product_ids = {e.product_id for e in pending if e.product_id}
-    products = {p.product_id: p for p in Product.objects.filter(product_id__in=product_ids)}
+    products = dict(Product.objects.filter(product_id__in=product_ids)
+                    .values_list("product_id", "pk"))
     device_ids = {e.device_id for e in pending if e.product_id in products}
     devices = {
-        (d.product.product_id, d.device_id): d
-        for d in Device.objects.filter(product__in=products.values(), device_id__in=device_ids)
-        .select_related("product")
+        (product_id, device_id): pk
+        for product_id, device_id, pk in Device.objects.filter(
+            product__in=products.values(), device_id__in=device_ids
+        ).values_list("product__product_id", "device_id", "pk")
     } if device_ids else {}
     resolved = []
     for event in pending:
-        product = products.get(event.product_id)
-        resolved.append((event, product,
-                         devices.get((event.product_id, event.device_id)) if product else None))
+        product_pk = products.get(event.product_id)
+        resolved.append((event, product_pk, devices.get((event.product_id, event.device_id))
+                         if product_pk is not None else None))
     budget = {"left": DIAGNOSIS_BUDGET_S}
+    whole = {}
+
+    def diagnosed(event, device_pk):
+        if (device_pk is not None and _needs_diagnosis(event) and budget["left"] > 0
+                and device_pk not in whole):
+            whole[device_pk] = Device.objects.select_related("product").filter(pk=device_pk).first()
+        return _findings(event, whole.get(device_pk), budget)
 
     # The findings (the diagnosis: CPU work, both languages) are made before the transaction,
     # for the events that will not fold into an earlier row, so that the write lock (SQLite has
@@ -307,18 +318,18 @@ def _write(pending: list[PendingEvent]) -> None:
     targets = None
     if any(_needs_diagnosis(event) for event in pending):
         targets = _fold_targets(resolved)
-        for index, (event, product, device) in enumerate(resolved):
+        for index, (event, product_pk, device_pk) in enumerate(resolved):
             if _needs_diagnosis(event) and not _folds(
-                targets.get(_event_key(event, product, device)), event
+                targets.get(_event_key(event, product_pk, device_pk)), event
             ):
-                findings[index] = _findings(event, device, budget)
+                findings[index] = diagnosed(event, device_pk)
     with transaction.atomic():
         targets = _fold_targets(resolved) if targets is None or findings else targets
         increments: dict[int, list] = {}  # row pk → [count to add, newest last_at]
         new_rows = []
         touched = set()
-        for index, (event, product, device) in enumerate(resolved):
-            key = _event_key(event, product, device)
+        for index, (event, product_pk, device_pk) in enumerate(resolved):
+            key = _event_key(event, product_pk, device_pk)
             target = targets.get(key)
             if _folds(target, event):
                 if target.row is not None:
@@ -330,20 +341,21 @@ def _write(pending: list[PendingEvent]) -> None:
                     added[1] = max(added[1], event.at)
                 continue
             row = ConnectionEvent(
-                product=product, device=device, first_at=event.first_at, last_at=event.at,
+                product_id=product_pk, device_id=device_pk, first_at=event.first_at,
+                last_at=event.at,
                 kind=event.kind, broker=event.broker, peer=event.peer,
                 peer_host=peer_host(event.peer), transport=event.transport,
                 protocol=event.protocol, client_id=event.client_id,
                 named_device_id=_cut(event.device_id or "", 64), connack=event.connack,
                 code=event.code, count=event.count,
-                findings=findings[index] if index in findings else _findings(event, device, budget),
+                findings=findings[index] if index in findings else diagnosed(event, device_pk),
                 session_seconds=event.session_seconds, taker_peer=event.taker_peer,
                 taker_client_id=event.taker_client_id,
             )
             new_rows.append(row)
             if target is None or event.first_at >= target.first_at:
                 targets[key] = _Target(first_at=event.first_at, row=row)
-            touched.add((product.pk if product else None, device.pk if device else None))
+            touched.add((product_pk, device_pk))
             event.password = None
         _add_to_rows(increments)
         _insert_rows(new_rows)
@@ -356,20 +368,27 @@ def _insert_rows(rows) -> None:
     thousands); every value goes through its field's own ``get_db_prep_save``, as there."""
     if not rows:
         return
-    from django.db import connection
+    from django.db import connection, models
 
     from .models import ConnectionEvent
 
     fields = [f for f in ConnectionEvent._meta.concrete_fields if not f.primary_key]
+    # Text and numbers are stored as they are (the values were made here, of the right type);
+    # datetimes, JSON and the keys go through their field's preparation.
+    plain = [isinstance(f, models.CharField | models.IntegerField) for f in fields]
     quote = connection.ops.quote_name
     sql = (f"INSERT INTO {quote(ConnectionEvent._meta.db_table)} "
            f"({', '.join(quote(f.column) for f in fields)}) "
            f"VALUES ({', '.join(['%s'] * len(fields))})")
+    prepared = []
+    for row in rows:
+        values = []
+        for f, as_is in zip(fields, plain, strict=True):
+            value = getattr(row, f.attname)
+            values.append(value if as_is else f.get_db_prep_save(value, connection))
+        prepared.append(values)
     with connection.cursor() as cursor:
-        cursor.executemany(sql, [
-            [f.get_db_prep_save(getattr(row, f.attname), connection) for f in fields]
-            for row in rows
-        ])
+        cursor.executemany(sql, prepared)
 
 
 def _add_to_rows(increments: dict[int, list]) -> None:
