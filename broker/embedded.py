@@ -29,6 +29,7 @@ machine case); with EMQX the hooks keep status instead and this broker is not ru
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import logging
 import time
@@ -64,6 +65,9 @@ WATCH_INTERVAL_S = 0.5  # how often connected devices are checked for disable/ro
 STATUS_BATCH_S = 0.1  # status changes are written together, at most this often
 STATUS_RETRY_S = 1.0  # after a failed batch (each try itself waits for the database's lock timeout)
 SESSION_KEY = "portal.connection"
+# The collector's thresholds for the broker process (``tune_gc``): youngest generation, then how
+# many collections of one generation make one of the next.
+GC_THRESHOLDS = (50_000, 20, 100)
 _PROTOCOL_NAMES = {("MQTT", 4): "3.1.1", ("MQIsdp", 3): "3.1", ("MQTT", 5): "5.0"}
 
 
@@ -783,12 +787,27 @@ def broker_config(host: str, port: int, tls_port: int | None = None,
     return {"listeners": listeners}, transports
 
 
+def tune_gc() -> None:
+    """Set the cyclic garbage collector for a broker holding thousands of connections.
+
+    Every connection is a few hundred objects (amqtt's session, handler, queues, tasks), and
+    Python's default thresholds made the collector go through all of them again and again: with
+    5,000 devices connected, a reconnect storm of 2,000 paid twelve full collections of up to
+    0.7 s each (3.5 s of the broker's single core; profiled with gc.callbacks). What start-up
+    made (Django, amqtt, the modules) is frozen out of the collections for good, and the
+    youngest generation is collected every GC_THRESHOLDS[0] allocations instead of 700."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 async def serve(host: str, port: int, tls_port: int | None = None, certfile: str | None = None,
                 keyfile: str | None = None, stop: asyncio.Event | None = None) -> None:
     """Run the broker until ``stop`` is set (or forever)."""
     config, transports = broker_config(host, port, tls_port, certfile, keyfile)
     broker = PortalBroker(config, transports)
     await broker.start()
+    tune_gc()
     logger.info("MQTT broker listening on %s:%s (TCP, securemode=3)%s", host, port,
                 f" and {host}:{tls_port} (TLS, securemode=2)" if tls_port else "")
     try:

@@ -1,10 +1,15 @@
-"""The embedded broker's light amqtt session (broker.embedded.PortalSession): the same states
-and transitions as amqtt's own Session, without building a transitions.Machine per connection."""
+"""What the embedded broker (broker/embedded.py) does for speed, tested without a broker: its
+light amqtt session (PortalSession: the same states and transitions as amqtt's own Session,
+without a transitions.Machine per connection) and its garbage collector settings (tune_gc).
+The broker's rules themselves are tested at a real broker in tests/test_broker.py."""
+
+import gc
 
 import pytest
 import transitions
 from amqtt.session import Session
 
+from broker import embedded
 from broker.embedded import PortalSession
 
 # Every sequence of triggers of up to four steps, from a new session.
@@ -47,3 +52,16 @@ def test_a_portal_session_builds_no_state_machine(monkeypatch):
     assert len(built) == 1  # amqtt's own builds one per session
     PortalSession()
     assert len(built) == 1
+
+
+def test_the_broker_freezes_its_start_up_objects_and_collects_the_young_less_often():
+    before, frozen = gc.get_threshold(), gc.get_freeze_count()
+    try:
+        embedded.tune_gc()
+        assert gc.get_threshold() == embedded.GC_THRESHOLDS
+        assert embedded.GC_THRESHOLDS[0] > before[0]
+        assert gc.get_freeze_count() > frozen
+        assert gc.isenabled()  # tuned, never off: a cycle is still collected
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
