@@ -3,6 +3,7 @@ share one query, never one that started before they asked; and its query finds w
 verifier's own look-up finds."""
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -33,7 +34,10 @@ class Registry:
 
 
 def run(coroutine):
-    return asyncio.run(coroutine)
+    """asyncio.run on a thread of its own: in the whole suite Playwright's event loop already
+    runs on the main thread, where asyncio.run refuses to start another."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 def test_look_ups_that_arrive_while_a_query_runs_are_fetched_together_by_the_next():
