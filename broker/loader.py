@@ -18,37 +18,25 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 
 from django.conf import settings
-from django.db.models import Q
 
 from . import verifier
 
 Key = tuple[str, str]  # (productId, deviceId)
-CHUNK = 500  # keys per query
 
 
 def fetch_records(keys: Iterable[Key]) -> dict[Key, verifier.DeviceRecord]:
     """The records of those of ``keys`` that exist (ORM work: call it on a worker thread), one
-    query per ``CHUNK`` keys, and put them in the verifier's short cache."""
-    from devices.models import Device
+    query per ``hot_queries.DEVICE_RECORDS_CHUNK`` keys, and put them in the verifier's short cache."""
+    from devices import hot_queries
 
-    keys = sorted(set(keys))
     found: dict[Key, verifier.DeviceRecord] = {}
-    for start in range(0, len(keys), CHUNK):
-        by_product: dict[str, list[str]] = {}
-        for product_id, device_id in keys[start : start + CHUNK]:
-            by_product.setdefault(product_id, []).append(device_id)
-        wanted = Q()
-        for product_id, device_ids in by_product.items():
-            wanted |= Q(product__product_id=product_id, device_id__in=device_ids)
-        rows = Device.objects.filter(wanted).values_list(
-            "pk", "product__product_id", "device_id", "device_secret", "enabled",
-            "secret_rotated_at",
+    # One query per DEVICE_RECORDS_CHUNK keys, SQL built once (devices/hot_queries.py)
+    for key, row in hot_queries.device_records(keys).items():
+        pk, secret, enabled, rotated = row
+        found[key] = verifier.DeviceRecord(
+            pk=pk, product_id=key[0], device_id=key[1], secret=secret, enabled=enabled,
+            secret_rotated_at=rotated,
         )
-        for pk, product_id, device_id, secret, enabled, rotated in rows:
-            found[(product_id, device_id)] = verifier.DeviceRecord(
-                pk=pk, product_id=product_id, device_id=device_id, secret=secret,
-                enabled=enabled, secret_rotated_at=rotated,
-            )
     if settings.MQTT_AUTH_CACHE_MS > 0:
         for key, record in found.items():
             verifier.registry_cache.put(key, record)

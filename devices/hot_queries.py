@@ -114,6 +114,54 @@ def device_record(product_id: str, device_id: str):
     )
 
 
+@functools.cache
+def _device_records_sql(vendor, count):
+    from .models import Device, Product
+
+    c = _connection()
+    pair = (f"(p.{_quoted(c, Product, 'product_id')} = %s "
+            f"AND d.{_quoted(c, Device, 'device_id')} = %s)")
+    return (
+        f"SELECT d.{_quoted(c, Device, 'id')}, p.{_quoted(c, Product, 'product_id')}, "
+        f"d.{_quoted(c, Device, 'device_id')}, d.{_quoted(c, Device, 'device_secret')}, "
+        f"d.{_quoted(c, Device, 'enabled')}, d.{_quoted(c, Device, 'secret_rotated_at')} "
+        f"FROM {_quoted(c, Device)} d INNER JOIN {_quoted(c, Product)} p "
+        f"ON p.{_quoted(c, Product, 'id')} = d.{_quoted(c, Device, 'product')} "
+        f"WHERE {' OR '.join([pair] * count)}"
+    )
+
+
+DEVICE_RECORDS_CHUNK = 100  # (productId, deviceId) pairs per query: 200 parameters
+
+
+def device_records(keys):
+    """``{(productId, deviceId): (pk, secret, enabled, secret_rotated_at)}`` for those of
+    ``keys`` that exist, one query per ``DEVICE_RECORDS_CHUNK`` keys (the embedded broker's
+    batch of cold look-ups, ``broker/loader.py``). Stands for ``Device.objects.filter(Q(
+    product__product_id=…, device_id=…) | …).values_list(…)``."""
+    from .models import Device
+
+    connection = _connection()
+    loader = _loader(Device, connection.vendor)
+    by_name = dict(zip(loader.attnames, loader.converters, strict=True))
+    keys = sorted(set(keys))
+    found = {}
+    for start in range(0, len(keys), DEVICE_RECORDS_CHUNK):
+        chunk = keys[start : start + DEVICE_RECORDS_CHUNK]
+        params = [part for key in chunk for part in key]
+        with connection.cursor() as cursor:
+            cursor.execute(_device_records_sql(connection.vendor, len(chunk)), params)
+            rows = cursor.fetchall()
+        for pk, product_id, device_id, secret, enabled, rotated in rows:
+            found[(product_id, device_id)] = (
+                pk,
+                _convert(connection, by_name["device_secret"], secret),
+                _convert(connection, by_name["enabled"], enabled),
+                _convert(connection, by_name["secret_rotated_at"], rotated),
+            )
+    return found
+
+
 def _convert(connection, column_and_converters, value):
     column, found = column_and_converters
     for converter in found:

@@ -54,6 +54,20 @@ def compare_with_orm():
             assert (hot._state.adding, hot._state.db) == (False, orm_full._state.db)
         checked.append(device_id)
     assert hot_queries.device_record("hq-prod", "hq-dev-2")[3] == rotated
+    from django.db.models import Q
+
+    keys = [("hq-prod", "hq-dev_1.@"), ("hq-prod", "hq-dev-2"), ("hq-other", "hq-dev-2"),
+            ("hq-prod", "HQ-DEV-2"), ("nope", "hq-dev-2"), ("hq-prod", "hq-dev-2")]
+    wanted = Q()
+    for product_id, device_id in keys:
+        wanted |= Q(product__product_id=product_id, device_id=device_id)
+    expected = {(p, d): (pk, secret, enabled, rotated_at) for pk, p, d, secret, enabled, rotated_at
+                in Device.objects.filter(wanted).values_list(
+                    "pk", "product__product_id", "device_id", "device_secret", "enabled",
+                    "secret_rotated_at")}
+    assert len(expected) == 3
+    assert hot_queries.device_records(keys) == expected
+    assert hot_queries.device_records([]) == {}
     assert hot_queries.device_with_product("hq-prod", "hq-dev-2").previous_secret  # decrypted
 
     # A loaded device saves as an UPDATE of its row, like one the ORM loaded.

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from broker import loader, verifier
+from devices import hot_queries
 from devices.models import Device, Product
 
 
@@ -139,7 +140,7 @@ def test_found_devices_enter_the_short_cache_only_when_it_is_on(two_products, se
 
 def test_more_keys_than_a_chunk_take_one_query_per_chunk(product, django_assert_num_queries):
     Device.objects.bulk_create([Device(product=product, device_id=f"d-{n}", device_secret="s" * 20)
-                                for n in range(loader.CHUNK + 10)])
-    keys = [(product.product_id, f"d-{n}") for n in range(loader.CHUNK + 10)]
+                                for n in range(hot_queries.DEVICE_RECORDS_CHUNK + 10)])
+    keys = [(product.product_id, f"d-{n}") for n in range(hot_queries.DEVICE_RECORDS_CHUNK + 10)]
     with django_assert_num_queries(2):
-        assert len(loader.fetch_records(keys)) == loader.CHUNK + 10
+        assert len(loader.fetch_records(keys)) == hot_queries.DEVICE_RECORDS_CHUNK + 10
