@@ -36,6 +36,8 @@ RATIOS = [
     (("one db_worker", "checks per second"), ("bare paho connect loop", "connects per second")),
     (("fleet run, one worker", "checks per second"),
      ("bare paho connect loop", "connects per second")),
+    (("fleet run, one worker, first queued to last result", "checks per second"),
+     ("bare paho connect loop", "connects per second")),
     (("run_connection_check loop", "checks per second"),
      ("bare paho connect loop", "connects per second")),
     # The HTTP paths (bench_http.py) over a bare JsonResponse view on the same gunicorn.
