@@ -223,18 +223,22 @@ def _failures_sql(vendor):
 def has_failures_since(ip_address: str | None, since: datetime) -> bool:
     """Whether axes holds a failure of this address at or after ``since``.
 
-    Stands for ``AccessAttempt.objects.filter(ip_address=…, attempt_time__gte=…).exists()``; an
-    address of None matches no row (as ``ip_address=None`` matches none in the ORM)."""
-    if ip_address is None:
-        from axes.models import AccessAttempt
+    Stands for ``AccessAttempt.objects.filter(ip_address=…, attempt_time__gte=…).exists()``. The
+    address is bound as the field stores it (``GenericIPAddressField`` writes IPv6 in one form:
+    ``2001:DB8:0::1`` and Python's ``::ffff:cb00:7105`` are stored as ``2001:db8::1`` and
+    ``::ffff:203.0.113.5``), so that no spelling of an address escapes its failures. None (no
+    address) matches the rows without one, as the ORM's ``isnull`` does."""
+    from axes.models import AccessAttempt
 
+    if ip_address is None:
         return AccessAttempt.objects.filter(
             ip_address__isnull=True, attempt_time__gte=since
         ).exists()
+    stored = AccessAttempt._meta.get_field("ip_address").get_prep_value(ip_address)
     connection = _connection()
     with connection.cursor() as cursor:
         cursor.execute(_failures_sql(connection.vendor),
-                       [ip_address, _datetime_param(connection, since)])
+                       [stored, _datetime_param(connection, since)])
         return cursor.fetchone() is not None
 
 

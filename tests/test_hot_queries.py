@@ -4,6 +4,7 @@
 on a real PostgreSQL, so the hand-built SQL is proved on both databases the portal supports.
 """
 
+import ipaddress
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -78,7 +79,8 @@ def compare_with_orm():
     assert Device.objects.filter(product=product).count() == 2
 
     now = timezone.now()
-    for address, minutes in [("192.0.2.1", 1), ("192.0.2.1", 30), ("2001:db8::1", 5)]:
+    for address, minutes in [("192.0.2.1", 1), ("192.0.2.1", 30), ("2001:db8::1", 5),
+                             ("::ffff:203.0.113.5", 2)]:
         AccessAttempt.objects.create(
             ip_address=address, username="", user_agent=f"t{minutes}", path_info="/", get_data="",
             post_data="", http_accept="", failures_since_start=1,
@@ -86,7 +88,10 @@ def compare_with_orm():
         AccessAttempt.objects.filter(ip_address=address, attempt_time__gte=now).update(
             attempt_time=now - timedelta(minutes=minutes))
     edge = now - timedelta(minutes=5)
-    for address in ["192.0.2.1", "2001:db8::1", "192.0.2.2", None]:
+    # Python's ipaddress writes the IPv4-mapped address as ::ffff:cb00:7105 (what client_address
+    # gives behind a dual-stack proxy), Django's field as ::ffff:203.0.113.5: the same address.
+    mapped = str(ipaddress.ip_address("::ffff:203.0.113.5"))
+    for address in ["192.0.2.1", "2001:db8::1", "2001:DB8:0::1", "192.0.2.2", mapped, None]:
         for since in [now, now - timedelta(minutes=2), edge, now - timedelta(hours=1)]:
             orm = (AccessAttempt.objects.filter(ip_address__isnull=True) if address is None
                    else AccessAttempt.objects.filter(ip_address=address))
@@ -94,6 +99,7 @@ def compare_with_orm():
             assert hot_queries.has_failures_since(address, since) is expected, (address, since)
             checked.append((address, since))
     assert hot_queries.has_failures_since("2001:db8::1", edge)  # the edge itself counts
+    assert hot_queries.has_failures_since(mapped, now - timedelta(minutes=3))
 
     base = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
     username = "hq-dev_1.@&hq-prod"

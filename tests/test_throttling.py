@@ -219,6 +219,20 @@ def test_behind_a_trusted_proxy_the_forwarded_address_is_the_one_judged(client, 
                                HTTP_X_FORWARDED_FOR="198.51.100.7, 203.0.113.9"))
 
 
+@override_settings(TRUSTED_PROXY_COUNT=1)
+@pytest.mark.parametrize("address", ["::ffff:203.0.113.5", "2001:DB8:0:0::7"])
+def test_a_token_lock_out_holds_for_an_ipv6_address_in_any_spelling(client, owner, device,
+                                                                    address):
+    """A dual-stack proxy forwards IPv4 clients as ::ffff:a.b.c.d, which client_address writes
+    as ::ffff:cb00:7105; the failures are stored in Django's spelling of the same address."""
+    _record, token = ApiToken.issue(owner)
+    forwarded = {"HTTP_X_FORWARDED_FOR": address}
+    for _ in range(LIMIT):
+        client.get(API_URL, HTTP_AUTHORIZATION="Bearer dpt_not-a-token", **forwarded)
+    response = client.get(API_URL, HTTP_AUTHORIZATION=f"Bearer {token}", **forwarded)
+    assert response.status_code == 429
+
+
 # -- password reset -------------------------------------------------------------------------------
 
 RESET_URLS = ["/accounts/password_reset/", "/accounts/password_reset/done/",
