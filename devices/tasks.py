@@ -230,6 +230,10 @@ FLEET_SLOW_ROUND_S = 0.05
 FLEET_CHUNK = 1000
 FLEET_FLUSH_EVERY_S = 0.25  # results are written at least this often (progress for a watcher)
 FLEET_CLAIM_RENEW_S = 5.0
+# A check claimed ahead that waited longer than this for a thread reloads its device first: the
+# registry's changes reach a CONNECT within 1 s (verifier's cache), and so they reach a check.
+FLEET_REFRESH_AFTER_S = 1.0
+_DEVICE_STATE_FIELDS = ["device_secret", "previous_secret", "enabled", "secret_rotated_at"]
 _RESULT_FIELDS = ["status", "outcome", "reason", "connack_code", "latencies", "finished_at"]
 
 
@@ -386,18 +390,27 @@ class _FleetPool:
         self._lock = threading.Lock()
 
     def submit(self, check):
+        claimed = time.monotonic()
         with self._lock:
-            self._not_started[check.pk] = (check, time.monotonic())
+            self._not_started[check.pk] = (check, claimed)
         self.in_flight += 1
-        self.executor.submit(self._run, check)
+        self.executor.submit(self._run, check, claimed)
 
-    def _run(self, check):
+    def _run(self, check, claimed):
         with self._lock:
             if self._not_started.pop(check.pk, None) is None:
                 self.finished.put((check, None))  # withdrawn before a thread took it
                 return
         result = _internal_error("the check ended without a result")
         try:
+            if time.monotonic() - claimed > FLEET_REFRESH_AFTER_S:
+                # Claimed ahead and waited for a thread: sign with the device as it is now (a
+                # secret rotated or a device disabled meanwhile), as a check started now would.
+                try:
+                    check.device.refresh_from_db(fields=_DEVICE_STATE_FIELDS)
+                except Device.DoesNotExist:  # deleted meanwhile: its check went with it
+                    result = None
+                    return
             result = _run_safely(check)
         finally:  # whatever happens, the task's thread hears of it (or it would wait for ever)
             self.finished.put((check, result))
@@ -516,6 +529,17 @@ def run_fleet_checks(check_ids: list[int]) -> dict:
                 break
             results = pool.gather(refill - room if pending else len(check_ids) + 1)
     finally:
+        # On an error, the checks claimed ahead that no thread took are not run for nothing:
+        # they go back to the queue (a later task takes them), and only the running ones end.
+        unstarted = [check.pk for check in pool.withdraw()]
+        if unstarted:
+            try:
+                ConnectionCheck.objects.filter(
+                    pk__in=unstarted, status=CheckStatus.RUNNING, runner=runner_name()
+                ).update(status=CheckStatus.QUEUED, started_at=None, runner="")
+                _enqueue_fleet(unstarted)
+            except Exception:  # noqa: BLE001 - the database is down: the reaper settles them
+                logger.exception("fleet checks %s… could not be given back", unstarted[:1])
         pool.executor.shutdown(wait=True)
     for check_id in deferred:
         _enqueue(check_id)

@@ -161,3 +161,64 @@ def test_a_task_past_its_budget_gives_back_the_checks_it_claimed_ahead(
     assert (first.status, first.outcome) == (CheckStatus.FAILED, Outcome.NO_CONNACK)
     assert handed == [[c.pk for c in rest]]
     assert {(c.status, c.started_at, c.runner) for c in rest} == {(CheckStatus.QUEUED, None, "")}
+
+
+def test_a_check_that_waited_for_a_thread_signs_with_the_secret_rotated_meanwhile(
+    mqtt_broker, product, settings, monkeypatch
+):
+    """A check claimed ahead may wait for a thread; when the device's secret is rotated in
+    that wait, the check connects with the new secret (as one started then would), not with the
+    secret it was claimed with (that gave a false "bad credentials" for a healthy device)."""
+    settings.MQTT_HOST, settings.MQTT_PORT = mqtt_broker.host, mqtt_broker.port
+    settings.MQTT_TLS_PORT, settings.MQTT_CA_FILE = mqtt_broker.tls_port, mqtt_broker.ca_file
+    devices = [Device.objects.create(product=product, device_id=f"wait-{i}") for i in range(3)]
+    monkeypatch.setattr(tasks, "FLEET_CONCURRENCY", 1)
+    monkeypatch.setattr(tasks, "FLEET_LOOKAHEAD", 4)
+    monkeypatch.setattr(tasks, "FLEET_REFRESH_AFTER_S", 0.0)  # every wait counts here
+    real_run = tasks._run_safely
+    rotated = []
+
+    def run_then_rotate(check):
+        if not rotated:  # the first check runs while the other two wait, claimed ahead
+            waiting = next(d for d in devices if d.pk != check.device_id)
+            Device.objects.get(pk=waiting.pk).rotate_secret()
+            rotated.append(waiting.pk)
+        return real_run(check)
+
+    monkeypatch.setattr(tasks, "_run_safely", run_then_rotate)
+    checks = request_fleet_checks(devices)  # ImmediateBackend: runs here
+    stored = {c.device_id: c for c in ConnectionCheck.objects.filter(pk__in=[c.pk for c in checks])}
+    assert len(rotated) == 1
+    assert stored[rotated[0]].outcome == Outcome.ACCEPTED, stored[rotated[0]].reason
+    assert {c.outcome for c in stored.values()} == {Outcome.ACCEPTED}
+
+
+def test_an_error_in_a_fleet_task_gives_back_the_checks_no_thread_took(
+    transactional_db, devices, silent_server, settings, monkeypatch
+):
+    """When the task's own loop fails, the checks it claimed ahead are queued again for another
+    task rather than run for nothing (their results could no longer be stored)."""
+    settings.MQTT_HOST, settings.MQTT_PORT, settings.MQTT_TLS_PORT = (
+        "127.0.0.1", silent_server.port, None)
+    settings.CHECK_STEP_TIMEOUT = 1
+    monkeypatch.setattr(tasks, "FLEET_CONCURRENCY", 1)
+    monkeypatch.setattr(tasks, "FLEET_LOOKAHEAD", 4)
+    ran = []
+    monkeypatch.setattr(tasks, "_run_safely", lambda check: ran.append(check.pk) or time.sleep(1))
+    queued = []
+    monkeypatch.setattr(tasks, "_enqueue_fleet", lambda ids: queued.extend(ids))
+    checks = request_fleet_checks(devices[:5])  # queued only: _enqueue_fleet is replaced
+    ids = [c.pk for c in checks]
+    assert sorted(queued) == sorted(ids)
+    queued.clear()
+
+    def broken_gather(self, want):
+        raise RuntimeError("the task's database round failed")
+
+    monkeypatch.setattr(tasks._FleetPool, "gather", broken_gather)
+    with pytest.raises(RuntimeError):
+        tasks.run_fleet_checks.call(ids)
+    assert len(ran) <= 2  # the one a thread had taken (and maybe the next), not all five
+    assert sorted(set(queued)) == sorted(set(ids) - set(ran))
+    assert set(ConnectionCheck.objects.filter(pk__in=queued).values_list("status", flat=True)) \
+        == {CheckStatus.QUEUED}
