@@ -4,7 +4,7 @@ A CONNECT whose device is not in the verifier's short cache needs the registry. 
 CONNECT, each a hop to a worker thread, is what made a reconnect storm (thousands of devices at
 once after a broker restart or a network outage) slow. :class:`DeviceLoader` runs one query at a
 time on the event loop's behalf: the CONNECTs that ask while it runs wait for the next one, which
-fetches all of them together (``WHERE product_id = … AND device_id IN (…)``). A look-up never
+fetches all of them together (one query, an OR of (productId, deviceId) pairs). A look-up never
 shares a query that started before it asked, so what it gets is as fresh as a query of its own:
 the verifier's rules (the ≤ 1 s cache, the 2 s disable/rotate rule) are unchanged.
 
