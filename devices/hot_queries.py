@@ -75,46 +75,6 @@ def _loader(model, vendor):
 
 
 @functools.cache
-def _device_record_sql(vendor):
-    from .models import Device, Product
-
-    c = _connection()
-    return (
-        f"SELECT d.{_quoted(c, Device, 'id')}, d.{_quoted(c, Device, 'device_secret')}, "
-        f"d.{_quoted(c, Device, 'enabled')}, d.{_quoted(c, Device, 'secret_rotated_at')} "
-        f"FROM {_quoted(c, Device)} d INNER JOIN {_quoted(c, Product)} p "
-        f"ON p.{_quoted(c, Product, 'id')} = d.{_quoted(c, Device, 'product')} "
-        f"WHERE p.{_quoted(c, Product, 'product_id')} = %s "
-        f"AND d.{_quoted(c, Device, 'device_id')} = %s"
-    )
-
-
-def device_record(product_id: str, device_id: str):
-    """``(pk, secret, enabled, secret_rotated_at)`` of the device, the secret decrypted, or None.
-
-    Stands for ``Device.objects.filter(product__product_id=…, device_id=…).only("pk",
-    "device_secret", "enabled", "secret_rotated_at").first()`` (the (product, deviceId) pair is
-    unique, so there is at most one row)."""
-    from .models import Device
-
-    connection = _connection()
-    with connection.cursor() as cursor:
-        cursor.execute(_device_record_sql(connection.vendor), [product_id, device_id])
-        row = cursor.fetchone()
-    if row is None:
-        return None
-    loader = _loader(Device, connection.vendor)
-    by_name = dict(zip(loader.attnames, loader.converters, strict=True))
-    pk, secret, enabled, rotated = row
-    return (
-        pk,
-        _convert(connection, by_name["device_secret"], secret),
-        _convert(connection, by_name["enabled"], enabled),
-        _convert(connection, by_name["secret_rotated_at"], rotated),
-    )
-
-
-@functools.cache
 def _device_records_sql(vendor, count):
     from .models import Device, Product
 
@@ -160,6 +120,15 @@ def device_records(keys):
                 _convert(connection, by_name["secret_rotated_at"], rotated),
             )
     return found
+
+
+def device_record(product_id: str, device_id: str):
+    """``(pk, secret, enabled, secret_rotated_at)`` of the device, the secret decrypted, or None.
+
+    Stands for ``Device.objects.filter(product__product_id=…, device_id=…).only("pk",
+    "device_secret", "enabled", "secret_rotated_at").first()`` (the (product, deviceId) pair is
+    unique, so there is at most one row)."""
+    return device_records([(product_id, device_id)]).get((product_id, device_id))
 
 
 def _convert(connection, column_and_converters, value):
