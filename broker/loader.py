@@ -62,6 +62,7 @@ class DeviceLoader:
         return await future
 
     async def _run(self) -> None:
+        batch: dict = {}
         try:
             while self._waiting:
                 batch, self._waiting = self._waiting, {}
@@ -78,9 +79,9 @@ class DeviceLoader:
                     for future in futures:
                         if not future.done():
                             future.set_result(found.get(key))
-        finally:
+        finally:  # cancelled (the broker stops): no waiter of this batch or the next hangs
             self._task = None
-            for futures in self._waiting.values():  # cancelled while waiting for a batch
+            for futures in [*batch.values(), *self._waiting.values()]:
                 for future in futures:
                     if not future.done():
                         future.cancel()

@@ -144,3 +144,28 @@ def test_more_keys_than_a_chunk_take_one_query_per_chunk(product, django_assert_
     keys = [(product.product_id, f"d-{n}") for n in range(hot_queries.DEVICE_RECORDS_CHUNK + 10)]
     with django_assert_num_queries(2):
         assert len(loader.fetch_records(keys)) == hot_queries.DEVICE_RECORDS_CHUNK + 10
+
+
+def test_a_loader_cancelled_during_its_query_leaves_no_look_up_waiting():
+    """When the broker stops while a batch is being fetched, its waiters end (cancelled) rather
+    than wait for ever."""
+    async def stop_mid_query():
+        registry = Registry()
+        devices = loader.DeviceLoader(registry.fetch)
+        during = asyncio.create_task(devices.load(("p", "d-0")))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # the query runs now, and never returns
+        after = asyncio.create_task(devices.load(("p", "d-1")))  # waits for the next batch
+        await asyncio.sleep(0)
+        devices._task.cancel()
+        outcomes = []
+        for look_up in (during, after):
+            try:
+                await asyncio.wait_for(look_up, timeout=2)
+            except asyncio.CancelledError:
+                outcomes.append("cancelled")
+            except TimeoutError:
+                outcomes.append("still waiting")
+        return outcomes
+
+    assert run(stop_mid_query()) == ["cancelled", "cancelled"]
