@@ -260,6 +260,8 @@ def request_fleet_checks(devices, *, options: ConnectionOptions | None = None,
 
 
 def _enqueue_fleet(check_ids: list[int]):
+    if not check_ids:  # (the threads took the last claimed checks meanwhile): no empty task
+        return
     try:
         result = run_fleet_checks.enqueue(check_ids)
     except Exception as error:  # noqa: BLE001 - a queue that is down must not leave them queued

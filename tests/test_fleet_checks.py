@@ -3,6 +3,7 @@ many checks per task, run at once, results written in bulk, the rules of a singl
 
 import io
 import time
+import types
 
 import pytest
 from django.core.management import call_command
@@ -222,3 +223,13 @@ def test_an_error_in_a_fleet_task_gives_back_the_checks_no_thread_took(
     assert sorted(set(queued)) == sorted(set(ids) - set(ran))
     assert set(ConnectionCheck.objects.filter(pk__in=queued).values_list("status", flat=True)) \
         == {CheckStatus.QUEUED}
+
+
+def test_no_empty_fleet_task_is_queued(db, monkeypatch):
+    """A task past its budget hands on what is left; when the threads took the last claimed
+    checks in the meantime, nothing is left and no task is queued for it."""
+    queued = []
+    monkeypatch.setattr(tasks, "run_fleet_checks",
+                        types.SimpleNamespace(enqueue=lambda ids: queued.append(ids)))
+    tasks._enqueue_fleet([])
+    assert queued == []
