@@ -39,36 +39,44 @@ def _datetime_param(connection, value):
 
 class _Loader:
     """Rows of ``model`` (every concrete field, in ``_meta`` order) → instances, with the ORM's
-    own converters (what ``SQLCompiler.get_converters`` applies to a select of those columns)."""
+    own converters (what ``SQLCompiler.get_converters`` applies to a select of those columns),
+    made for one connection (:func:`_loader`: each thread has its own)."""
 
     def __init__(self, model, connection):
         self.model = model
-        self.alias = connection.alias
+        self.connection = connection
         self.attnames = [field.attname for field in model._meta.concrete_fields]
-        self.converters = []
+        self.converters = {}
         for field in model._meta.concrete_fields:
             column = field.get_col(model._meta.db_table)
             found = connection.ops.get_db_converters(column) + field.get_db_converters(connection)
-            self.converters.append((column, found))
+            self.converters[field.attname] = (column, found)
 
-    def columns(self, connection, alias):
+    def columns(self, alias):
         return ", ".join(
-            f"{alias}.{connection.ops.quote_name(field.column)}"
+            f"{alias}.{self.connection.ops.quote_name(field.column)}"
             for field in self.model._meta.concrete_fields
         )
 
-    def instance(self, connection, values):
-        converted = []
-        for value, (column, found) in zip(values, self.converters, strict=True):
-            for converter in found:
-                value = converter(value, column, connection)
-            converted.append(value)
-        return self.model.from_db(self.alias, self.attnames, converted)
+    def convert(self, attname, value):
+        column, found = self.converters[attname]
+        for converter in found:
+            value = converter(value, column, self.connection)
+        return value
+
+    def instance(self, values):
+        converted = [self.convert(name, value)
+                     for name, value in zip(self.attnames, values, strict=True)]
+        return self.model.from_db(self.connection.alias, self.attnames, converted)
 
 
-@functools.cache
-def _loader(model, vendor):
-    return _Loader(model, _connection())
+def _loader(model, connection):
+    """The model's loader for this connection, made once (kept on the connection object)."""
+    loaders = connection.__dict__.setdefault("_hot_query_loaders", {})
+    loader = loaders.get(model)
+    if loader is None:
+        loader = loaders[model] = _Loader(model, connection)
+    return loader
 
 
 # --- the registry --------------------------------------------------------------------------
@@ -102,8 +110,7 @@ def device_records(keys):
     from .models import Device
 
     connection = _connection()
-    loader = _loader(Device, connection.vendor)
-    by_name = dict(zip(loader.attnames, loader.converters, strict=True))
+    loader = _loader(Device, connection)
     keys = sorted(set(keys))
     found = {}
     for start in range(0, len(keys), DEVICE_RECORDS_CHUNK):
@@ -115,9 +122,9 @@ def device_records(keys):
         for pk, product_id, device_id, secret, enabled, rotated in rows:
             found[(product_id, device_id)] = (
                 pk,
-                _convert(connection, by_name["device_secret"], secret),
-                _convert(connection, by_name["enabled"], enabled),
-                _convert(connection, by_name["secret_rotated_at"], rotated),
+                loader.convert("device_secret", secret),
+                loader.convert("enabled", enabled),
+                loader.convert("secret_rotated_at", rotated),
             )
     return found
 
@@ -131,21 +138,13 @@ def device_record(product_id: str, device_id: str):
     return device_records([(product_id, device_id)]).get((product_id, device_id))
 
 
-def _convert(connection, column_and_converters, value):
-    column, found = column_and_converters
-    for converter in found:
-        value = converter(value, column, connection)
-    return value
-
-
 @functools.cache
 def _device_with_product_sql(vendor):
     from .models import Device, Product
 
     c = _connection()
-    devices, products = _loader(Device, vendor), _loader(Product, vendor)
     return (
-        f"SELECT {devices.columns(c, 'd')}, {products.columns(c, 'p')} "
+        f"SELECT {_loader(Device, c).columns('d')}, {_loader(Product, c).columns('p')} "
         f"FROM {_quoted(c, Device)} d INNER JOIN {_quoted(c, Product)} p "
         f"ON p.{_quoted(c, Product, 'id')} = d.{_quoted(c, Device, 'product')} "
         f"WHERE p.{_quoted(c, Product, 'product_id')} = %s "
@@ -166,10 +165,10 @@ def device_with_product(product_id: str, device_id: str):
         row = cursor.fetchone()
     if row is None:
         raise Device.DoesNotExist(f"No device {device_id!r} in product {product_id!r}.")
-    devices, products = _loader(Device, connection.vendor), _loader(Product, connection.vendor)
+    devices, products = _loader(Device, connection), _loader(Product, connection)
     split = len(devices.attnames)
-    device = devices.instance(connection, row[:split])
-    product = products.instance(connection, row[split:])
+    device = devices.instance(row[:split])
+    product = products.instance(row[split:])
     Device._meta.get_field("product").set_cached_value(device, product)
     return device
 

@@ -328,9 +328,12 @@ def _claim_loaded(checks, deferred: list) -> list[ConnectionCheck]:
     return claimed
 
 
-def _claim_many(check_ids, deferred: list) -> list[ConnectionCheck]:
-    """:func:`_load_queued` then :func:`_claim_loaded`: claim these checks now."""
-    return _claim_loaded(_load_queued(check_ids), deferred)
+def _unclaim(check_ids):
+    """This task's claimed checks that no thread started: queued again (for another task)."""
+    if check_ids:
+        ConnectionCheck.objects.filter(
+            pk__in=check_ids, status=CheckStatus.RUNNING, runner=runner_name()
+        ).update(status=CheckStatus.QUEUED, started_at=None, runner="")
 
 
 def _run_safely(check):
@@ -490,10 +493,7 @@ def run_fleet_checks(check_ids: list[int]) -> dict:
         while True:
             if time.monotonic() > stop_claiming and (pending or pool.not_started()):
                 withdrawn = [check.pk for check in pool.withdraw()]
-                if withdrawn:  # claimed ahead, never started: queued again, for the next task
-                    ConnectionCheck.objects.filter(
-                        pk__in=withdrawn, status=CheckStatus.RUNNING, runner=runner_name()
-                    ).update(status=CheckStatus.QUEUED, started_at=None, runner="")
+                _unclaim(withdrawn)  # claimed ahead, never started: queued again, for the next task
                 _enqueue_fleet(sorted(withdrawn + pending))  # the rest as a task of its own
                 pending = []
             room = FLEET_CONCURRENCY + lookahead - pool.in_flight
@@ -536,9 +536,7 @@ def run_fleet_checks(check_ids: list[int]) -> dict:
         unstarted = [check.pk for check in pool.withdraw()]
         if unstarted:
             try:
-                ConnectionCheck.objects.filter(
-                    pk__in=unstarted, status=CheckStatus.RUNNING, runner=runner_name()
-                ).update(status=CheckStatus.QUEUED, started_at=None, runner="")
+                _unclaim(unstarted)
                 _enqueue_fleet(unstarted)
             except Exception:  # noqa: BLE001 - the database is down: the reaper settles them
                 logger.exception("fleet checks %s… could not be given back", unstarted[:1])

@@ -26,7 +26,7 @@ def test_a_claim_leaves_a_device_that_runs_a_check_to_wait(devices, django_asser
     queued = [ConnectionCheck.objects.create(device=d) for d in (busy, free, free)]
     deferred = []
     with django_assert_max_num_queries(6):  # one transaction for the whole batch
-        claimed = tasks._claim_many([c.pk for c in queued], deferred)
+        claimed = tasks._claim_loaded(tasks._load_queued([c.pk for c in queued]), deferred)
     # The busy device's check waits; of two checks of one device only the first runs now.
     assert [c.pk for c in claimed] == [queued[1].pk]
     assert deferred == [queued[0].pk, queued[2].pk]
