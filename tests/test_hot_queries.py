@@ -132,9 +132,100 @@ def compare_with_orm():
     assert (new.device_id, new.username, new.client_id, new.broker_client_id, new.peerhost,
             new.peername, new.exclusive, new.authenticated_at, new.connected_at) == (
         plain.pk, username, "c-new", "emqx-id", "192.0.2.9", "", True, when, None)
+
+    # The conditional form writes exactly when the ORM sees no connected exclusive session of
+    # the holder's username (authenticated since the given time): the rows above have one
+    # (c2: authenticated base+2, connected base+3), the other device none.
+    for holder, since in [(username, None), (username, base + timedelta(minutes=2)),
+                          (username, base + timedelta(minutes=2, microseconds=1)),
+                          (username, base + timedelta(minutes=7)),
+                          ("hq-dev-2&hq-prod", None), ("nobody&hq-prod", None)]:
+        held = BrokerSession.objects.connected().filter(username=holder, exclusive=True)
+        if since is not None:
+            held = held.filter(authenticated_at__gte=since)
+        expected = not held.exists()
+        before = set(BrokerSession.objects.values_list("pk", flat=True))
+        written = hot_queries.insert_pending_session(
+            plain.pk, username, "c-if", "", "192.0.2.10", False, when,
+            unless_held_by=holder, held_since=since,
+        )
+        added = list(BrokerSession.objects.exclude(pk__in=before).values_list(
+            "client_id", "peerhost", "exclusive", "authenticated_at", "connected_at"))
+        assert written is expected, (holder, since)
+        assert added == ([("c-if", "192.0.2.10", False, when, None)] if expected else []), holder
+        checked.append((holder, since))
     return checked
 
 
 @pytest.mark.django_db
 def test_the_hot_queries_answer_what_their_querysets_answer():
     assert len(compare_with_orm()) > 20
+
+
+
+def _device():
+    from devices.models import Device, Product
+
+    return Device.objects.create(product=Product.objects.create(product_id="fp"), device_id="d")
+
+
+@pytest.mark.django_db
+def test_logged_queries_still_see_the_hot_queries(django_assert_num_queries):
+    device = _device()
+    with django_assert_num_queries(2) as captured:
+        hot_queries.device_record("fp", "d")
+        hot_queries.insert_pending_session(device.pk, "d&fp", "d", "", "127.0.0.1", False)
+    assert "INSERT" in captured.captured_queries[1]["sql"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_hot_write_is_part_of_the_callers_transaction():
+    from django.db import transaction
+
+    from devices.models import BrokerSession
+
+    device = _device()
+    with pytest.raises(RuntimeError), transaction.atomic():
+        hot_queries.insert_pending_session(device.pk, "d&fp", "d", "", "127.0.0.1", False)
+        assert BrokerSession.objects.filter(device=device).count() == 1
+        raise RuntimeError("roll back")
+    assert not BrokerSession.objects.filter(device=device).exists()
+
+
+@pytest.mark.django_db
+def test_a_hot_query_in_a_broken_transaction_is_refused_as_the_orms_would_be():
+    from django.db import IntegrityError, transaction
+    from django.db.transaction import TransactionManagementError
+
+    from devices.models import Product
+
+    with transaction.atomic():
+        Product.objects.create(product_id="same")
+        with pytest.raises(IntegrityError):
+            Product.objects.create(product_id="same")  # breaks the transaction (no savepoint)
+        with pytest.raises(TransactionManagementError):
+            hot_queries.device_record("same", "d")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_locked_database_comes_as_djangos_operational_error():
+    import sqlite3
+
+    from django.db import OperationalError, connection
+
+    device = _device()
+    options = connection.settings_dict["OPTIONS"]
+    saved = options["timeout"]
+    options["timeout"] = 0.2
+    connection.close()  # the next connection waits 0.2 s for a lock
+    other = sqlite3.connect(connection.settings_dict["NAME"], isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process writing
+    try:
+        # Django's class, which portal.middleware turns into a 503 with Retry-After
+        with pytest.raises(OperationalError, match="locked"):
+            hot_queries.insert_pending_session(device.pk, "d&fp", "d", "", "127.0.0.1", False)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+        options["timeout"] = saved
+        connection.close()
