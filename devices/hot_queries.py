@@ -109,6 +109,10 @@ class _Loader:
             column = field.get_col(model._meta.db_table)
             found = connection.ops.get_db_converters(column) + field.get_db_converters(connection)
             self.converters[field.attname] = (column, found)
+        # Only the fields that have converters are visited per row (most have none).
+        self.converted = [(index, column, found)
+                          for index, (column, found) in enumerate(self.converters.values())
+                          if found]
 
     def columns(self, alias):
         return ", ".join(
@@ -123,9 +127,16 @@ class _Loader:
         return value
 
     def instance(self, values):
-        converted = [self.convert(name, value)
-                     for name, value in zip(self.attnames, values, strict=True)]
-        return self.model.from_db(self.connection.alias, self.attnames, converted)
+        if len(values) != len(self.attnames):
+            raise ValueError(f"{len(values)} values for {len(self.attnames)} fields")
+        converted = list(values)
+        connection = self.connection
+        for index, column, found in self.converted:
+            value = converted[index]
+            for converter in found:
+                value = converter(value, column, connection)
+            converted[index] = value
+        return self.model.from_db(connection.alias, self.attnames, converted)
 
 
 def _loader(model, connection):
