@@ -15,8 +15,9 @@ machine is shared). Targets:
   round again only after the cache has forgotten it (every look-up is a miss, as after an EMQX
   restart); each accepted CONNECT is recorded (``BrokerSession``), as always.
 * ``mqtt-params, API token``: GET .../mqtt-params with ``Authorization: Bearer``.
-* ``bare Django view, the hook's POST``: the one-device body POSTed to /bench/bare: what
-  reading a POST body costs over a GET, so the most any ``/mqtt/auth`` ratio could reach.
+* ``bare Django view, the hook's POST``: the one-device body POSTed to /bench/bare, which
+  reads and parses it as the hooks do and answers: what a POST with its JSON body costs over a
+  GET, so about the most any ``/mqtt/auth`` ratio could reach.
 
 Each target also gets gunicorn's CPU time per 1000 requests (master and workers, the lowest
 round), steadier than the rate when other work shares the machine.
@@ -215,7 +216,8 @@ def run():
         # gunicorn's CPU time (master and workers) per 1000 requests, the lowest round's: what
         # a request costs the server, steadier than the rate on a shared machine.
         rows.append({"benchmark": name, "metric": "server CPU ms per 1000 requests", "unit": "ms",
-                     "value": min(result["cpu"]), **extra})
+                     "value": min((c for c in result["cpu"] if c is not None), default=None),
+                     **extra})
     return rows
 
 

@@ -1,6 +1,8 @@
 """The portal's URLs plus ``/bench/bare``: a JsonResponse of the mqtt-params answer's size, the
 baseline the HTTP benchmarks compare with (same middleware, same gunicorn). Bench only."""
 
+import json
+
 from django.http import JsonResponse
 from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
@@ -19,6 +21,8 @@ BARE_BODY = {
 
 @csrf_exempt
 def bare(request):
+    if request.method == "POST":  # the hook's POST (bench_http): read and parsed as broker_hook does
+        json.loads(request.body)
     response = JsonResponse(BARE_BODY)
     response["Cache-Control"] = "no-store"
     return response

@@ -146,21 +146,8 @@ def mqtt_auth(request, body):
     broker_client_id = _text(body, "broker_clientid", required=False)
     transport = _choice(body, "transport", verifier.TRANSPORTS, required=False)
     verdict = verifier.verify_connect(client_id, username, password, transport)
-    from devices.models import BrokerSession
-
     if verdict.accepted:
-        record = verdict.record
-        # The common case in one statement: no exclusive connection holds the device, so the
-        # CONNECT is admitted (spec §4) and recorded at once. Otherwise _holder decides (EMQX
-        # may have lost that connection without telling), as for every CONNECT before.
-        with _record_lock:
-            if BrokerSession.objects.record_unless_held(
-                record.pk, username, client_id, peerhost, verdict.parsed.exclusive,
-                broker_client_id, holder_username=_device_username(record),
-                held_since=record.secret_rotated_at,
-            ):
-                return JsonResponse({"result": "allow", "is_superuser": False})
-        verdict = verifier.admit(verdict, _holder(record))
+        verdict = verifier.admit(verdict, _holder(verdict.record))
     if not verdict.accepted:
         connection_events.log_auth_refusal(body, verdict, transport)
         logger.warning(
@@ -169,6 +156,8 @@ def mqtt_auth(request, body):
             shown(username), verdict.code, shown(verdict.reason, MAX_TEXT_CHARS),
         )
         return JsonResponse({"result": "deny", "is_superuser": False})
+    from devices.models import BrokerSession
+
     with _record_lock:
         BrokerSession.objects.record_authenticated(
             verdict.record.pk, username, client_id, peerhost, verdict.parsed.exclusive,
@@ -184,22 +173,19 @@ def mqtt_auth(request, body):
 _record_lock = threading.Lock()
 
 
-def _device_username(record):
-    # The username that names the device exactly (deviceId&productId: parse_username takes
-    # nothing else, and a deleted device's sessions go with it): the (username, connected_at)
-    # index finds its connected sessions at once.
-    return f"{record.device_id}&{record.product_id}"
-
-
 def _holder(record):
     """The connection that holds the device on EMQX now (an exclusive one first), from the
     portal's record; a record EMQX's REST API says is gone (its events were lost) is dropped."""
     from devices import emqx, hot_queries
     from devices.models import BrokerSession
 
-    # By the device's username (_device_username). A session signed before the secret's
-    # rotation is being kicked and holds nothing.
-    sessions = hot_queries.connected_sessions(_device_username(record), record.secret_rotated_at)
+    # By username, which names the device exactly (deviceId&productId: parse_username takes
+    # nothing else, and a deleted device's sessions go with it): the (username, connected_at)
+    # index finds the connected ones at once. A session signed before the secret's rotation is
+    # being kicked and holds nothing.
+    sessions = hot_queries.connected_sessions(
+        f"{record.device_id}&{record.product_id}", record.secret_rotated_at
+    )
     for pk, client_id, broker_client_id, username, exclusive in sessions:
         if exclusive and emqx.enabled():
             broker_id = broker_client_id or username

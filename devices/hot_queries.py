@@ -16,9 +16,12 @@ session records); this module only fetches and stores faster.
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import os
 from datetime import datetime
 
+from django.core.exceptions import SynchronousOnlyOperation
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.utils import timezone
 
@@ -44,55 +47,58 @@ def _qmark(sql):
     return sql.replace("%s", "?")
 
 
-def _run(connection, sql, params):
-    """A cursor on which ``sql`` (``%s`` placeholders) has run with ``params``.
-
-    On SQLite the statement goes straight to the connection's sqlite3 object: Django's cursor
-    wrappers (a cursor made and closed per query, the placeholder rewrite, the error wrappers'
-    frames) cost 35–40 µs a query here, where SQLite answers an indexed look-up in 3–10 µs. The
-    same connection, so the same transaction; errors still come as Django's (``OperationalError``
-    for a locked database: ``portal.middleware``). When queries are being logged (DEBUG,
-    ``CaptureQueriesContext``) or wrapped (``connection.execute_wrapper``), the query takes
-    Django's path so that they see it."""
-    if _fast_path(connection):
-        if connection.connection is None:
-            connection.ensure_connection()
-        connection.validate_no_broken_transaction()
-        with connection.wrap_database_errors:
-            return connection.connection.execute(_qmark(sql), params)
-    cursor = connection.cursor()
-    cursor.execute(sql, params)
-    return cursor
-
-
 def _fast_path(connection):
     return (connection.vendor == "sqlite" and not connection.queries_logged
             and not connection.execute_wrappers)
 
 
-def _write(connection, sql, params):
-    """The number of rows one statement wrote."""
-    cursor = _run(connection, sql, params)
-    try:
-        return cursor.rowcount
-    finally:
-        cursor.close()
+def _raw_connection(connection):
+    """The sqlite3 connection, after the checks ``connection.cursor()`` makes: not in an event
+    loop (Django's ``async_unsafe``), not another thread's, not in a broken transaction."""
+    if not os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE") and asyncio._get_running_loop() is not None:
+        raise SynchronousOnlyOperation(
+            "You cannot call this from an async context - use a thread or sync_to_async."
+        )
+    if connection.connection is None:
+        connection.ensure_connection()
+    connection.validate_thread_sharing()
+    connection.validate_no_broken_transaction()
+    return connection.connection
+
+
+def _query(connection, sql, params, fetch):
+    """``fetch(cursor)`` once ``sql`` (``%s`` placeholders) has run with ``params``.
+
+    On SQLite the statement goes straight to the connection's sqlite3 object: Django's cursor
+    wrappers (a cursor made and closed per query, the placeholder rewrite, the error wrappers'
+    frames) cost 35–40 µs a query here, where SQLite answers an indexed look-up in 3–10 µs. The
+    same connection, so the same transaction; errors, the fetch's too, still come as Django's
+    (``OperationalError`` for a locked database: ``portal.middleware``). When queries are being
+    logged (DEBUG, ``CaptureQueriesContext``) or wrapped (``connection.execute_wrapper``), the
+    query takes Django's path so that they see it."""
+    if _fast_path(connection):
+        raw = _raw_connection(connection)
+        with connection.wrap_database_errors:
+            cursor = raw.execute(_qmark(sql), params)
+            try:
+                return fetch(cursor)
+            finally:
+                cursor.close()
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return fetch(cursor)
 
 
 def _fetchall(connection, sql, params):
-    cursor = _run(connection, sql, params)
-    try:
-        return cursor.fetchall()
-    finally:
-        cursor.close()
+    return _query(connection, sql, params, lambda cursor: cursor.fetchall())
 
 
 def _fetchone(connection, sql, params):
-    cursor = _run(connection, sql, params)
-    try:
-        return cursor.fetchone()
-    finally:
-        cursor.close()
+    return _query(connection, sql, params, lambda cursor: cursor.fetchone())
+
+
+def _execute(connection, sql, params):
+    _query(connection, sql, params, lambda cursor: None)
 
 
 class _Loader:
@@ -314,50 +320,26 @@ def connected_sessions(username: str, authenticated_since: datetime | None = Non
             for pk, client_id, broker_id, name, exclusive in rows]
 
 
-_SESSION_COLUMNS = ["device", "username", "client_id", "broker_client_id", "peerhost", "peername",
-                    "exclusive", "authenticated_at"]
-
-
 @functools.cache
-def _insert_session_sql(vendor, unless_held, since_rotation):
+def _insert_session_sql(vendor):
     from .models import BrokerSession
 
     c = _connection()
-
-    def col(name):
-        return _quoted(c, BrokerSession, name)
-
-    table = _quoted(c, BrokerSession)
-    columns = ", ".join(col(name) for name in _SESSION_COLUMNS)
-    values = ", ".join(["%s"] * len(_SESSION_COLUMNS))
-    if not unless_held:
-        return f"INSERT INTO {table} ({columns}) VALUES ({values})"
-    held = (f"SELECT 1 FROM {table} WHERE {col('username')} = %s "
-            f"AND {col('connected_at')} IS NOT NULL AND {col('exclusive')} = %s")
-    if since_rotation:
-        held += f" AND {col('authenticated_at')} >= %s"
-    return f"INSERT INTO {table} ({columns}) SELECT {values} WHERE NOT EXISTS ({held})"
+    names = ["device", "username", "client_id", "broker_client_id", "peerhost", "peername",
+             "exclusive", "authenticated_at"]
+    columns = ", ".join(_quoted(c, BrokerSession, name) for name in names)
+    return (f"INSERT INTO {_quoted(c, BrokerSession)} ({columns}) "
+            f"VALUES ({', '.join(['%s'] * len(names))})")
 
 
 def insert_pending_session(device_pk, username, client_id, broker_client_id, peerhost, exclusive,
-                           authenticated_at=None, *, unless_held_by=None, held_since=None):
-    """Records an accepted CONNECT (no ``connected_at`` yet); True when the row was written.
-    Stands for ``BrokerSession.objects.create(…)`` with those fields and an empty ``peername``;
-    the caller has made the texts fit their columns.
-
-    ``unless_held_by`` (a device's username): the row is written only when that username has
-    no connected exclusive session (authenticated at or after ``held_since``, when given), in
-    the same statement: what ``connected_sessions(unless_held_by, held_since)`` would show as an
-    exclusive holder, asked and acted on in one step (``BrokerSession.objects.
-    record_unless_held``)."""
+                           authenticated_at=None):
+    """Records an accepted CONNECT (no ``connected_at`` yet). Stands for
+    ``BrokerSession.objects.create(…)`` with those fields and an empty ``peername``; the caller
+    has made the texts fit their columns."""
     connection = _connection()
     when = authenticated_at or timezone.now()
-    params = [device_pk, username, client_id, broker_client_id, peerhost, "", bool(exclusive),
-              _datetime_param(connection, when)]
-    if unless_held_by is not None:
-        params += [unless_held_by, True]
-        if held_since is not None:
-            params.append(_datetime_param(connection, held_since))
-    sql = _insert_session_sql(connection.vendor, unless_held_by is not None,
-                              held_since is not None)
-    return _write(connection, sql, params) == 1
+    _execute(connection, _insert_session_sql(connection.vendor), [
+        device_pk, username, client_id, broker_client_id, peerhost, "", bool(exclusive),
+        _datetime_param(connection, when),
+    ])

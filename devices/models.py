@@ -349,22 +349,6 @@ class BrokerSessionQuerySet(models.QuerySet):
 
     def record_authenticated(self, device_pk, username, client_id, peerhost, exclusive,
                              broker_client_id=""):
-        self._record(device_pk, username, client_id, peerhost, exclusive, broker_client_id)
-
-    def record_unless_held(self, device_pk, username, client_id, peerhost, exclusive,
-                           broker_client_id="", *, holder_username, held_since=None):
-        """``record_authenticated``, but only when ``holder_username`` (the device's username,
-        deviceId&productId) has no connected exclusive session authenticated at or after
-        ``held_since`` (the secret's rotation: an older one is being kicked and holds nothing);
-        True when recorded. One statement: the common CONNECT is admitted and recorded in one
-        step. False leaves the decision to the caller (``broker.hooks._holder``: EMQX may no
-        longer have that session)."""
-        return self._record(device_pk, username, client_id, peerhost, exclusive,
-                            broker_client_id, holder_username=holder_username,
-                            held_since=held_since)
-
-    def _record(self, device_pk, username, client_id, peerhost, exclusive, broker_client_id,
-                **unless):
         now = timezone.now()
         global _last_pending_sweep
         if time.monotonic() - _last_pending_sweep >= PENDING_SWEEP_EVERY_S:
@@ -378,10 +362,9 @@ class BrokerSessionQuerySet(models.QuerySet):
         from . import hot_queries
 
         # self.create(…) without the ORM's compile step (a storm of CONNECTs makes one each)
-        return hot_queries.insert_pending_session(
+        hot_queries.insert_pending_session(
             device_pk, _db_text(username, 129), _db_text(client_id, 255),
             _db_text(broker_client_id, 255), _db_text(peerhost, 64), exclusive, now,
-            unless_held_by=unless.get("holder_username"), held_since=unless.get("held_since"),
         )
 
     def mark_connected(self, username, peername, broker_client_id, when):

@@ -287,3 +287,35 @@ def test_a_lone_surrogate_in_a_text_field_is_a_400_naming_it(client, device, pat
     response = post(client, path, json.dumps(body))
     assert response.status_code == 400
     assert response.json()["error"]["field"] == "clientid"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_connect_refused_for_an_exclusive_holder_needs_no_write_lock(client, device):
+    """A refusal only reads: while another process writes (a batch import, a migration), a
+    cloned device retrying against the exclusive holder is still answered "deny" at once,
+    not queued for SQLite's write lock and then answered 503."""
+    import sqlite3
+
+    from django.db import connection
+    from django.utils import timezone
+
+    from devices.models import BrokerSession
+
+    BrokerSession.objects.create(device=device, username=USERNAME, client_id="holder",
+                                 exclusive=True, connected_at=timezone.now())
+    options = connection.settings_dict["OPTIONS"]
+    saved = options["timeout"]
+    options["timeout"] = 0.5
+    connection.close()
+    other = sqlite3.connect(connection.settings_dict["NAME"], isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        response = post(client, "/mqtt/auth", auth_body())
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+        options["timeout"] = saved
+        connection.close()
+    assert response.status_code == 200
+    assert response.json() == {"result": "deny", "is_superuser": False}
+    assert list(BrokerSession.objects.values_list("client_id", flat=True)) == ["holder"]
