@@ -55,7 +55,7 @@ def _fast_path(connection):
 def _raw_connection(connection):
     """The sqlite3 connection, after the checks ``connection.cursor()`` makes: not in an event
     loop (Django's ``async_unsafe``), not another thread's, not in a broken transaction."""
-    if not os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE") and asyncio._get_running_loop() is not None:
+    if asyncio._get_running_loop() is not None and not os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE"):
         raise SynchronousOnlyOperation(
             "You cannot call this from an async context - use a thread or sync_to_async."
         )
