@@ -116,9 +116,8 @@ class _Loader:
             found = connection.ops.get_db_converters(column) + field.get_db_converters(connection)
             self.converters[field.attname] = (column, found)
         # Only the fields that have converters are visited per row (most have none).
-        self.converted = [(index, column, found)
-                          for index, (column, found) in enumerate(self.converters.values())
-                          if found]
+        self.converted = [(index, name) for index, name in enumerate(self.attnames)
+                          if self.converters[name][1]]
 
     def columns(self, alias):
         return ", ".join(
@@ -136,13 +135,9 @@ class _Loader:
         if len(values) != len(self.attnames):
             raise ValueError(f"{len(values)} values for {len(self.attnames)} fields")
         converted = list(values)
-        connection = self.connection
-        for index, column, found in self.converted:
-            value = converted[index]
-            for converter in found:
-                value = converter(value, column, connection)
-            converted[index] = value
-        return self.model.from_db(connection.alias, self.attnames, converted)
+        for index, name in self.converted:
+            converted[index] = self.convert(name, converted[index])
+        return self.model.from_db(self.connection.alias, self.attnames, converted)
 
 
 def _loader(model, connection):
