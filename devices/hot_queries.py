@@ -338,3 +338,59 @@ def insert_pending_session(device_pk, username, client_id, broker_client_id, pee
         device_pk, username, client_id, broker_client_id, peerhost, "", bool(exclusive),
         _datetime_param(connection, when),
     ])
+
+
+# --- fleet checks ---------------------------------------------------------------------------
+
+
+@functools.cache
+def _insert_sql(model, vendor):
+    c = _connection()
+    fields = [field for field in model._meta.concrete_fields if not field.primary_key]
+    columns = ", ".join(c.ops.quote_name(field.column) for field in fields)
+    sql = (f"INSERT INTO {_quoted(c, model)} ({columns}) "
+           f"VALUES ({', '.join(['%s'] * len(fields))})")
+    return fields, sql
+
+
+def insert_copies(template, attname: str, values) -> list[int]:
+    """Insert one row per value of ``values``: the unsaved instance ``template`` with ``attname``
+    set to that value. Returns their primary keys, in the order of ``values``; all or none of the
+    rows are written.
+
+    Stands for ``bulk_create([copy of template with attname=value, …])``, whose compile step
+    prepares every field of every row (0.1-0.2 ms a row: 14 s for a fleet of 100,000 checks).
+    Here the template's values are prepared once, each by its field as ``bulk_create`` prepares
+    it (``pre_save``, then ``get_db_prep_save``), and ``attname``'s for every row. On SQLite the
+    rows go one statement each through the connection's own sqlite3 object (its ``lastrowid`` is
+    the row's key); elsewhere, or with queries logged or wrapped, ``bulk_create`` runs."""
+    from django.db import transaction
+
+    model = type(template)
+    connection = _connection()
+    values = list(values)
+    if not values:
+        return []
+    if not _fast_path(connection):
+        names = [f.attname for f in model._meta.concrete_fields if not f.primary_key]
+        shared = {name: getattr(template, name) for name in names}
+        copies = [model(**{**shared, attname: value}) for value in values]
+        return [obj.pk for obj in model.objects.bulk_create(copies)]
+    fields, sql = _insert_sql(model, connection.vendor)
+    position = next(i for i, f in enumerate(fields) if f.attname == attname)
+    varying = fields[position]
+    row = [field.get_db_prep_save(field.pre_save(template, add=True), connection)
+           for field in fields]
+    pks = []
+    with transaction.atomic(using=connection.alias, savepoint=False):
+        cursor = _raw_connection(connection).cursor()
+        statement = _qmark(sql)
+        try:
+            with connection.wrap_database_errors:
+                for value in values:
+                    row[position] = varying.get_db_prep_save(value, connection)
+                    cursor.execute(statement, row)
+                    pks.append(cursor.lastrowid)
+        finally:
+            cursor.close()
+    return pks

@@ -133,7 +133,34 @@ def compare_with_orm():
             new.peername, new.exclusive, new.authenticated_at, new.connected_at) == (
         plain.pk, username, "c-new", "emqx-id", "192.0.2.9", "", True, when, None)
 
+    checked += _compare_insert_copies([plain.pk, turned.pk, plain.pk])
     return checked
+
+
+def _compare_insert_copies(device_pks):
+    """insert_copies against bulk_create of the same rows; returns the rows it compared."""
+    from django.contrib.auth import get_user_model
+
+    from devices.models import ConnectionCheck
+
+    user = get_user_model().objects.create(username="hq-requester")
+    queued = datetime(2026, 12, 2, 4, 30, 0, 654321, tzinfo=UTC)
+    shared = {"options": {"securemode": 3, "名": "值 ‘%s’"}, "requested_by": user,
+              "queued_at": queued}
+    pks = hot_queries.insert_copies(ConnectionCheck(**shared), "device_id", device_pks)
+    orm = ConnectionCheck.objects.bulk_create(
+        [ConnectionCheck(**shared, device_id=pk) for pk in device_pks])
+    assert pks == sorted(pks) and len(set(pks)) == len(device_pks)  # in the order given
+
+    def stored(pk):
+        return {name: value for name, value in _fields(ConnectionCheck.objects.get(pk=pk)).items()
+                if name != "id"}
+
+    hot_rows, orm_rows = [stored(pk) for pk in pks], [stored(check.pk) for check in orm]
+    assert hot_rows == orm_rows
+    assert [row["device_id"] for row in hot_rows] == device_pks
+    assert hot_queries.insert_copies(ConnectionCheck(**shared), "device_id", []) == []
+    return hot_rows
 
 
 @pytest.mark.django_db
@@ -274,3 +301,33 @@ def test_a_locked_database_comes_as_djangos_operational_error():
         other.close()
         options["timeout"] = saved
         connection.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_insert_copies_on_sqlites_own_connection_writes_all_rows_or_none(monkeypatch):
+    from django.db import IntegrityError
+    from django.db.models.sql.compiler import SQLInsertCompiler
+
+    from devices.models import ConnectionCheck
+
+    device = _device()
+    monkeypatch.setattr(SQLInsertCompiler, "execute_sql",
+                        lambda *args, **kwargs: pytest.fail("the ORM's INSERT"))
+    pks = hot_queries.insert_copies(ConnectionCheck(), "device_id", [device.pk, device.pk])
+    # The third row names no device: the foreign key fails at the commit, and takes the first two
+    # with it.
+    with pytest.raises(IntegrityError):
+        hot_queries.insert_copies(ConnectionCheck(), "device_id", [device.pk, device.pk, 10**9])
+    monkeypatch.undo()
+    assert sorted(ConnectionCheck.objects.values_list("pk", flat=True)) == pks
+
+
+@pytest.mark.django_db
+def test_insert_copies_with_queries_logged_takes_djangos_path(django_assert_num_queries):
+    from devices.models import ConnectionCheck
+
+    device = _device()
+    with django_assert_num_queries(1):  # bulk_create's one INSERT for both rows
+        pks = hot_queries.insert_copies(ConnectionCheck(), "device_id", [device.pk, device.pk])
+    assert list(ConnectionCheck.objects.filter(pk__in=pks).values_list("device_id", flat=True)) \
+        == [device.pk, device.pk]
