@@ -363,7 +363,8 @@ def insert_copies(template, attname: str, values) -> list[int]:
     Here the template's values are prepared once, each by its field as ``bulk_create`` prepares
     it (``pre_save``, then ``get_db_prep_save``), and ``attname``'s for every row. On SQLite the
     rows go one statement each through the connection's own sqlite3 object (its ``lastrowid`` is
-    the row's key); elsewhere, or with queries logged or wrapped, ``bulk_create`` runs."""
+    the row's key: an auto-incremented one); elsewhere, or with queries logged or wrapped,
+    ``bulk_create`` runs."""
     from django.db import transaction
 
     model = type(template)
@@ -371,7 +372,9 @@ def insert_copies(template, attname: str, values) -> list[int]:
     values = list(values)
     if not values:
         return []
-    if not _fast_path(connection):
+    from django.db.models.fields import AutoFieldMixin
+
+    if not _fast_path(connection) or not isinstance(model._meta.pk, AutoFieldMixin):
         names = [f.attname for f in model._meta.concrete_fields if not f.primary_key]
         shared = {name: getattr(template, name) for name in names}
         copies = [model(**{**shared, attname: value}) for value in values]
