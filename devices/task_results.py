@@ -10,7 +10,8 @@ someone runs ``prune_db_task_results``. Here:
 * rows whose worker cannot be judged from here (another host, plain ``db_worker`` with a random
   id) are failed once older than the longest a task can take (:func:`task_max_runtime`);
 * the rows of checks failed as "interrupted" by ``ConnectionCheck.objects.reap_stale`` are
-  failed with them, and ``prunechecks`` deletes finished rows older than the retention.
+  failed with them, and ``prunechecks`` deletes finished rows older than the retention;
+* a dead fleet task's checks that never began are queued again (``_settle_checks_of``).
 """
 
 from __future__ import annotations
@@ -55,13 +56,11 @@ def _dead_here(worker_ids, scope_prefix) -> bool:
 
 def settle_task_rows(now=None, task_ids=(), force=False) -> int:
     """Fail the RUNNING task rows ``task_ids`` and those whose worker is dead (or that are older
-    than :func:`task_max_runtime`); the unfinished checks of those tasks fail as interrupted.
+    than :func:`task_max_runtime`), and settle their unfinished checks (``_settle_checks_of``).
     The scan for dead workers runs at most every SCAN_INTERVAL_S unless ``force``. Returns how
     many task rows were failed."""
     from django_tasks_db.compat import TaskResultStatus
     from django_tasks_db.models import DBTaskResult
-
-    from .connection_check import Outcome
 
     now = now or timezone.now()
     ids = {str(task_id) for task_id in task_ids}
@@ -77,24 +76,48 @@ def settle_task_rows(now=None, task_ids=(), force=False) -> int:
                 ids.add(str(row.id))
     if not ids:
         return 0
-    failed = DBTaskResult.objects.filter(pk__in=ids, status=TaskResultStatus.RUNNING).update(
+    dying = dict(DBTaskResult.objects.filter(pk__in=ids, status=TaskResultStatus.RUNNING)
+                 .values_list("id", "task_path"))
+    if not dying:
+        return 0
+    failed = DBTaskResult.objects.filter(pk__in=dying, status=TaskResultStatus.RUNNING).update(
         status=TaskResultStatus.FAILED,
         finished_at=now,
         return_value=None,
         exception_class_path=f"{WorkerStopped.__module__}.{WorkerStopped.__qualname__}",
         traceback=f"{WorkerStopped.__module__}.{WorkerStopped.__qualname__}: {STOPPED_MESSAGE}\n",
     )
-    if scanned:
-        # A check whose task died while it waited for another check of its device is still queued.
-        ConnectionCheck.objects.filter(
-            task_id__in=ids, status__in=[CheckStatus.QUEUED, CheckStatus.RUNNING]
-        ).update(
-            status=CheckStatus.FAILED,
-            outcome=Outcome.INTERRUPTED,
-            reason="the worker running this check stopped before it finished",
-            finished_at=now,
-        )
+    _settle_checks_of({str(task_id): path for task_id, path in dying.items()}, now)
     return failed
+
+
+def _settle_checks_of(tasks: dict[str, str], now) -> None:
+    """The unfinished checks of these dead tasks (task id → task path). Running ones fail as
+    interrupted. The queued checks of a fleet task that had run some of its checks never began:
+    they are queued again as a new fleet task, so that a worker killed in the middle of a sweep
+    (and restarted by runportal) does not strand them; each time that happens the checks it was
+    running fail, so this ends. Any other queued check of a dead task (one waiting for another
+    check of its device, or a fleet task that died before running any) fails as interrupted."""
+    from .connection_check import Outcome
+    from .tasks import FLEET_CHUNK, _enqueue_fleet, run_fleet_checks
+
+    fleet = [task_id for task_id, path in tasks.items() if path == run_fleet_checks.module_path]
+    progressed = set(
+        ConnectionCheck.objects.filter(task_id__in=fleet).exclude(status=CheckStatus.QUEUED)
+        .order_by().values_list("task_id", flat=True).distinct()
+    )
+    again = sorted(ConnectionCheck.objects.filter(
+        task_id__in=progressed, status=CheckStatus.QUEUED).values_list("pk", flat=True))
+    ConnectionCheck.objects.filter(
+        task_id__in=list(tasks), status__in=[CheckStatus.QUEUED, CheckStatus.RUNNING]
+    ).exclude(pk__in=again).update(
+        status=CheckStatus.FAILED,
+        outcome=Outcome.INTERRUPTED,
+        reason="the worker running this check stopped before it finished",
+        finished_at=now,
+    )
+    for start in range(0, len(again), FLEET_CHUNK):
+        _enqueue_fleet(again[start:start + FLEET_CHUNK])
 
 
 def prune_task_rows(cutoff, dry_run=False) -> int:

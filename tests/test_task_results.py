@@ -166,3 +166,120 @@ def test_a_killed_runworker_leaves_neither_its_check_nor_its_task_row_running(
     row.refresh_from_db()
     assert (check.status, check.outcome) == (CheckStatus.FAILED, Outcome.INTERRUPTED)
     assert row.status == "FAILED"
+
+
+# -- a fleet task whose worker died ---------------------------------------------------------------
+
+
+def _fleet_checks(product, statuses, task_id):
+    from devices.models import Device
+
+    checks = []
+    for index, status in enumerate(statuses):
+        device = Device.objects.create(product=product, device_id=f"fleet-dead-{index}")
+        checks.append(ConnectionCheck.objects.create(
+            device=device, status=status, task_id=task_id,
+            started_at=None if status == CheckStatus.QUEUED else timezone.now(),
+            runner="" if status == CheckStatus.QUEUED else f"{process_scope()}:{GONE_PID}",
+        ))
+    return checks
+
+
+def _fleet_row(worker):
+    row = _task_row(worker=worker)
+    DBTaskResult.objects.filter(pk=row.pk).update(task_path="devices.tasks.run_fleet_checks")
+    return row
+
+
+@pytest.mark.django_db
+def test_the_unstarted_checks_of_a_fleet_task_killed_mid_sweep_are_queued_again(
+    product, monkeypatch
+):
+    from devices import task_results, tasks
+
+    queued_again = []
+    monkeypatch.setattr(tasks, "_enqueue_fleet", queued_again.append)
+    # The scan for dead workers ran a moment ago (by another call): the task's row is failed
+    # through its reaped check, and its queued checks must not be forgotten for that.
+    monkeypatch.setattr(task_results, "_last_scan", [time.monotonic()])
+    row = _fleet_row(f"{worker_id().rpartition(':')[0]}:{GONE_PID}")
+    running, done, first, second = _fleet_checks(
+        product, [CheckStatus.RUNNING, CheckStatus.SUCCEEDED, CheckStatus.QUEUED,
+                  CheckStatus.QUEUED], str(row.id))
+
+    assert ConnectionCheck.objects.reap_stale() == 1
+    statuses = dict(ConnectionCheck.objects.values_list("pk", "status"))
+    assert statuses == {running.pk: CheckStatus.FAILED, done.pk: CheckStatus.SUCCEEDED,
+                        first.pk: CheckStatus.QUEUED, second.pk: CheckStatus.QUEUED}
+    assert queued_again == [[first.pk, second.pk]]
+    row.refresh_from_db()
+    assert row.status == "FAILED"
+
+
+@pytest.mark.django_db
+def test_a_fleet_task_that_died_before_running_any_check_fails_them_as_interrupted(
+    product, monkeypatch
+):
+    """No check of it ran, so nothing says another try would get further: its checks end."""
+    from devices import tasks
+    from devices.task_results import settle_task_rows
+
+    queued_again = []
+    monkeypatch.setattr(tasks, "_enqueue_fleet", queued_again.append)
+    row = _fleet_row(f"{worker_id().rpartition(':')[0]}:{GONE_PID}")
+    checks = _fleet_checks(product, [CheckStatus.QUEUED] * 3, str(row.id))
+
+    assert settle_task_rows(force=True) == 1
+    assert queued_again == []
+    for check in checks:
+        check.refresh_from_db()
+        assert (check.status, check.outcome) == (CheckStatus.FAILED, Outcome.INTERRUPTED)
+
+
+@pytest.mark.broker
+def test_a_sweep_whose_worker_was_killed_finishes_on_the_restarted_worker(
+    mqtt_broker, product, silent_server, settings
+):
+    """A fleet task of more checks than its threads and look-ahead hold: killed while its first
+    checks wait for a broker that never answers. The reaper fails those (interrupted) and queues
+    the rest again; a new worker runs them against the real broker."""
+    from devices.models import Device
+    from devices.tasks import FLEET_CONCURRENCY, FLEET_LOOKAHEAD, request_fleet_checks
+
+    settings.TASKS = DB_TASKS
+    count = FLEET_CONCURRENCY + FLEET_LOOKAHEAD + 20
+    devices = [Device.objects.create(product=product, device_id=f"sweep-{i:03d}")
+               for i in range(count)]
+    checks = request_fleet_checks(devices)
+    worker = RunWorker(worker_env(mqtt_broker, PORTAL_MQTT_PORT=silent_server.port,
+                                  PORTAL_MQTT_TLS_PORT="", PORTAL_CHECK_TIMEOUT=60))
+    try:
+        deadline = time.monotonic() + 15
+        while ConnectionCheck.objects.filter(status=CheckStatus.RUNNING).count() < \
+                FLEET_CONCURRENCY:
+            assert time.monotonic() < deadline, "the fleet task never claimed its checks"
+            time.sleep(0.05)
+        worker.process.send_signal(signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while _state(worker.process.pid) != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        interrupted = ConnectionCheck.objects.reap_stale()
+    finally:
+        worker.stop(kill=True)
+    assert 0 < interrupted < count
+    assert ConnectionCheck.objects.filter(status=CheckStatus.QUEUED).count() == count - interrupted
+
+    worker = RunWorker(worker_env(mqtt_broker))
+    try:
+        deadline = time.monotonic() + 60
+        while ConnectionCheck.objects.exclude(
+                status__in=[CheckStatus.SUCCEEDED, CheckStatus.FAILED]).exists():
+            assert time.monotonic() < deadline, "the checks queued again never finished"
+            time.sleep(0.1)
+    finally:
+        worker.stop()
+    outcomes = ConnectionCheck.objects.filter(pk__in=[c.pk for c in checks]).values_list(
+        "outcome", flat=True)
+    assert sorted(set(outcomes)) == [Outcome.ACCEPTED, Outcome.INTERRUPTED]
+    assert list(outcomes).count(Outcome.ACCEPTED) == count - interrupted
