@@ -378,7 +378,7 @@ def insert_copies(template, attname: str, values) -> list[int]:
         names = [f.attname for f in model._meta.concrete_fields if not f.primary_key]
         shared = {name: getattr(template, name) for name in names}
         copies = [model(**{**shared, attname: value}) for value in values]
-        return [obj.pk for obj in model.objects.bulk_create(copies)]
+        return [obj.pk for obj in model.objects.bulk_create(copies, batch_size=500)]
     fields, sql = _insert_sql(model, connection.vendor)
     position = next(i for i, f in enumerate(fields) if f.attname == attname)
     varying = fields[position]

@@ -20,6 +20,7 @@ import hashlib
 import os
 import time
 
+from django.db.models import Q
 from django.utils import timezone
 
 from .models import CheckStatus, ConnectionCheck, _process_alive, check_max_runtime, process_scope
@@ -76,28 +77,37 @@ def settle_task_rows(now=None, task_ids=(), force=False) -> int:
                 ids.add(str(row.id))
     if not ids:
         return 0
-    dying = dict(DBTaskResult.objects.filter(pk__in=ids, status=TaskResultStatus.RUNNING)
-                 .values_list("id", "task_path"))
-    if not dying:
-        return 0
-    failed = DBTaskResult.objects.filter(pk__in=dying, status=TaskResultStatus.RUNNING).update(
-        status=TaskResultStatus.FAILED,
-        finished_at=now,
-        return_value=None,
-        exception_class_path=f"{WorkerStopped.__module__}.{WorkerStopped.__qualname__}",
-        traceback=f"{WorkerStopped.__module__}.{WorkerStopped.__qualname__}: {STOPPED_MESSAGE}\n",
-    )
-    _settle_checks_of({str(task_id): path for task_id, path in dying.items()}, now)
-    return failed
+    from django.db import transaction
+
+    # One transaction: the rows this call fails, their checks and the checks queued again commit
+    # together (a stop half-way would leave a failed row with checks no later call looks at).
+    # Each row is failed by a conditional UPDATE, and only the rows this call failed have their
+    # checks settled here: another process settling the same dead worker at the same moment (the
+    # restarted worker, checkconnections' reaper) settles the others, never the same twice.
+    with transaction.atomic():
+        mine = [task_id for task_id in sorted(ids) if DBTaskResult.objects.filter(
+            pk=task_id, status=TaskResultStatus.RUNNING).update(
+            status=TaskResultStatus.FAILED,
+            finished_at=now,
+            return_value=None,
+            exception_class_path=f"{WorkerStopped.__module__}.{WorkerStopped.__qualname__}",
+            traceback=f"{WorkerStopped.__module__}.{WorkerStopped.__qualname__}: "
+                      f"{STOPPED_MESSAGE}\n",
+        )]
+        if mine:
+            paths = DBTaskResult.objects.filter(pk__in=mine).values_list("id", "task_path")
+            _settle_checks_of({str(task_id): path for task_id, path in paths}, now)
+    return len(mine)
 
 
 def _settle_checks_of(tasks: dict[str, str], now) -> None:
-    """The unfinished checks of these dead tasks (task id → task path). Running ones fail as
-    interrupted. The queued checks of a fleet task that had run some of its checks never began:
-    they are queued again as a new fleet task, so that a worker killed in the middle of a sweep
-    (and restarted by runportal) does not strand them; each time that happens the checks it was
-    running fail, so this ends. Any other queued check of a dead task (one waiting for another
-    check of its device, or a fleet task that died before running any) fails as interrupted."""
+    """The unfinished checks of these dead tasks (task id → task path). Running ones whose
+    worker is gone (:meth:`ConnectionCheck.is_interrupted`) fail as interrupted. The queued
+    checks of a fleet task that had claimed some of its checks never began: they are queued
+    again as a new fleet task, so that a worker killed in the middle of a sweep (and restarted by
+    runportal) does not strand them; each time that happens the checks it had claimed fail, so
+    this ends. Any other queued check of a dead task (one waiting for another check of its
+    device, or a fleet task that died before claiming any) fails as interrupted."""
     from .connection_check import Outcome
     from .tasks import FLEET_CHUNK, _enqueue_fleet, run_fleet_checks
 
@@ -108,8 +118,13 @@ def _settle_checks_of(tasks: dict[str, str], now) -> None:
     )
     again = sorted(ConnectionCheck.objects.filter(
         task_id__in=progressed, status=CheckStatus.QUEUED).values_list("pk", flat=True))
+    running = ConnectionCheck.objects.filter(
+        task_id__in=list(tasks), status=CheckStatus.RUNNING
+    ).only("pk", "status", "runner", "started_at")
+    ended = [check.pk for check in running if check.is_interrupted(now)]
     ConnectionCheck.objects.filter(
-        task_id__in=list(tasks), status__in=[CheckStatus.QUEUED, CheckStatus.RUNNING]
+        Q(pk__in=ended, status=CheckStatus.RUNNING)
+        | Q(task_id__in=list(tasks), status=CheckStatus.QUEUED)
     ).exclude(pk__in=again).update(
         status=CheckStatus.FAILED,
         outcome=Outcome.INTERRUPTED,

@@ -283,3 +283,81 @@ def test_a_sweep_whose_worker_was_killed_finishes_on_the_restarted_worker(
         "outcome", flat=True)
     assert sorted(set(outcomes)) == [Outcome.ACCEPTED, Outcome.INTERRUPTED]
     assert list(outcomes).count(Outcome.ACCEPTED) == count - interrupted
+
+
+@pytest.mark.django_db
+def test_a_dead_fleet_task_settled_by_another_process_meanwhile_is_not_settled_again(
+    product, monkeypatch
+):
+    """Two reapers (the restarted worker, checkconnections) saw the same dead task RUNNING; the
+    other one's UPDATE came first: its checks are that one's to queue again, not this one's."""
+    from django.db.models import QuerySet
+
+    from devices import tasks
+    from devices.task_results import settle_task_rows
+
+    queued_again = []
+    monkeypatch.setattr(tasks, "_enqueue_fleet", queued_again.append)
+    row = _fleet_row(f"{worker_id().rpartition(':')[0]}:{GONE_PID}")
+    _fleet_checks(product, [CheckStatus.RUNNING, CheckStatus.QUEUED], str(row.id))
+    original = QuerySet.update
+
+    def other_process_first(queryset, **values):
+        if queryset.model is DBTaskResult and values.get("status") == "FAILED" \
+                and not other_process_first.done:
+            other_process_first.done = True
+            original(DBTaskResult.objects.filter(pk=row.pk), status="FAILED")
+        return original(queryset, **values)
+
+    other_process_first.done = False
+    monkeypatch.setattr(QuerySet, "update", other_process_first)
+    assert settle_task_rows(task_ids=[row.id], force=True) == 0
+    assert queued_again == []
+    assert ConnectionCheck.objects.filter(status=CheckStatus.QUEUED).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_settlement_that_fails_half_way_leaves_the_task_for_the_next_call(product, monkeypatch):
+    from django.db import OperationalError
+
+    from devices import tasks
+    from devices.task_results import settle_task_rows
+
+    row = _fleet_row(f"{worker_id().rpartition(':')[0]}:{GONE_PID}")
+    running, queued = _fleet_checks(product, [CheckStatus.RUNNING, CheckStatus.QUEUED],
+                                    str(row.id))
+
+    def locked(ids):
+        raise OperationalError("database is locked")
+
+    monkeypatch.setattr(tasks, "_enqueue_fleet", locked)
+    with pytest.raises(OperationalError):
+        settle_task_rows(task_ids=[row.id], force=True)
+    row.refresh_from_db()
+    assert row.status == "RUNNING"  # nothing of it was kept
+    assert set(ConnectionCheck.objects.values_list("status", flat=True)) == {
+        CheckStatus.RUNNING, CheckStatus.QUEUED}
+
+    queued_again = []
+    monkeypatch.setattr(tasks, "_enqueue_fleet", queued_again.append)
+    assert settle_task_rows(force=True) == 1
+    assert queued_again == [[queued.pk]]
+    running.refresh_from_db()
+    assert (running.status, running.outcome) == (CheckStatus.FAILED, Outcome.INTERRUPTED)
+
+
+@pytest.mark.django_db
+def test_settling_a_task_row_leaves_its_checks_that_still_run(product, monkeypatch):
+    """A row given to settle (a check of it was stale) whose other check is still being run by a
+    live worker here: that check is not failed under it."""
+    from devices import tasks
+    from devices.task_results import settle_task_rows
+
+    monkeypatch.setattr(tasks, "_enqueue_fleet", lambda ids: None)
+    row = _fleet_row(f"{worker_id().rpartition(':')[0]}:{os.getpid()}")
+    (live,) = _fleet_checks(product, [CheckStatus.RUNNING], str(row.id))
+    ConnectionCheck.objects.filter(pk=live.pk).update(runner=f"{process_scope()}:{os.getpid()}")
+
+    assert settle_task_rows(task_ids=[row.id]) == 1
+    live.refresh_from_db()
+    assert live.status == CheckStatus.RUNNING
