@@ -15,10 +15,11 @@ import time
 from pathlib import Path
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 from django_tasks import task
+from django_tasks_db.utils import is_locked_database_exception
 
 from . import hot_queries
 from .connection_check import DEFAULT_PROTOCOL, PROTOCOLS, Outcome, run_connection_check
@@ -146,6 +147,21 @@ def _claim(check_id: int) -> str:
         return "claimed" if updated else "gone"
 
 
+def reap_stale_unless_locked() -> bool:
+    """``ConnectionCheck.objects.reap_stale()`` as housekeeping: when the database stays locked
+    past its timeout (a batch import, an export), it is left for the next call (every task and
+    checkconnections' poll reap again) rather than failing its caller; a task that failed here
+    would leave its checks queued for ever. Returns whether it ran."""
+    try:
+        ConnectionCheck.objects.reap_stale()
+    except OperationalError as error:
+        if not is_locked_database_exception(error):
+            raise
+        logger.warning("The database is locked (%s); stale checks are reaped later.", error)
+        return False
+    return True
+
+
 @task()
 def run_check(check_id: int) -> str:
     """Run one queued ConnectionCheck and store its result. Returns the outcome code.
@@ -153,7 +169,7 @@ def run_check(check_id: int) -> str:
     Two checks of one device never run at once (each would replace the other's session at the
     broker): the second waits here until the first finishes or is found interrupted.
     """
-    ConnectionCheck.objects.reap_stale()
+    reap_stale_unless_locked()
     give_up = time.monotonic() + 2 * check_max_runtime()
     while True:
         claim = _claim(check_id)
@@ -166,7 +182,7 @@ def run_check(check_id: int) -> str:
         if time.monotonic() > give_up:
             break
         time.sleep(WAIT_POLL_SECONDS)
-        ConnectionCheck.objects.reap_stale()
+        reap_stale_unless_locked()
     check = ConnectionCheck.objects.select_related("device__product").get(pk=check_id)
     if check.status != CheckStatus.RUNNING:  # the give-up path
         ConnectionCheck.objects.filter(pk=check_id).update(
@@ -493,7 +509,7 @@ def run_fleet_checks(check_ids: list[int]) -> dict:
 
     from .task_results import task_max_runtime
 
-    ConnectionCheck.objects.reap_stale()
+    reap_stale_unless_locked()
     pending, deferred, results, counts = list(check_ids), [], [], Counter()
     stop_claiming = time.monotonic() + task_max_runtime() - 2 * check_max_runtime()
     lookahead = FLEET_LOOKAHEAD

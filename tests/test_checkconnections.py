@@ -160,3 +160,25 @@ def test_while_it_waits_it_loads_each_finished_check_once_and_no_secret(
     assert decrypted == []
     assert out.getvalue().count(": succeeded — ") == 5
     assert "wait-0&a1B2c3D4e5F: succeeded" in out.getvalue()
+
+
+def test_a_locked_database_while_it_waits_is_waited_out_not_a_traceback(
+    db, fleet, settings, monkeypatch
+):
+    """The reaper's writes queue for SQLite's one write lock (a batch import, an export); when
+    the lock outlasts its timeout the command says so on stderr and keeps waiting and polling."""
+    from django.db import OperationalError
+
+    from devices.models import ConnectionCheckQuerySet
+
+    def locked(self, now=None):
+        raise OperationalError("database is locked")
+
+    settings.TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
+    monkeypatch.setattr(ConnectionCheckQuerySet, "reap_stale", locked)
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.raises(CommandError):
+        call_command("checkconnections", "--product", "other-product", "--timeout", "0.5",
+                     stdout=out, stderr=err)
+    assert "Summary: 1 checked, 0 succeeded, 0 failed, 1 unfinished." in out.getvalue()
+    assert "The database is locked; still waiting" in err.getvalue()

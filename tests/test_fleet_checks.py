@@ -233,3 +233,29 @@ def test_no_empty_fleet_task_is_queued(db, monkeypatch):
                         types.SimpleNamespace(enqueue=lambda ids: queued.append(ids)))
     tasks._enqueue_fleet([])
     assert queued == []
+
+
+def test_a_locked_database_at_the_tasks_start_does_not_strand_its_checks(
+    devices, settings, monkeypatch
+):
+    """The housekeeping reap at a fleet task's start waits the lock timeout and gives up; the
+    task runs its checks anyway (had it failed, they would have stayed queued for ever)."""
+    import socket
+
+    from django.db import OperationalError
+
+    from devices.models import ConnectionCheckQuerySet
+
+    def locked(self, now=None):
+        raise OperationalError("database is locked")
+
+    with socket.socket() as sock:  # a port nobody listens on: each check is refused at once
+        sock.bind(("127.0.0.1", 0))
+        settings.MQTT_HOST, settings.MQTT_PORT = "127.0.0.1", sock.getsockname()[1]
+    settings.MQTT_TLS_PORT = None
+    monkeypatch.setattr(ConnectionCheckQuerySet, "reap_stale", locked)
+    checks = [ConnectionCheck.objects.create(device=d) for d in devices[:3]]
+    tasks.run_fleet_checks.call([c.pk for c in checks])
+    stored = ConnectionCheck.objects.filter(pk__in=[c.pk for c in checks])
+    assert {c.status for c in stored} == {CheckStatus.FAILED}
+    assert {c.outcome for c in stored} == {Outcome.TCP_REFUSED}

@@ -14,7 +14,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from devices.models import CheckStatus, ConnectionCheck, Device, DeviceStatus, Product
-from devices.tasks import request_fleet_checks
+from devices.tasks import reap_stale_unless_locked, request_fleet_checks
 
 POLL_SECONDS = 0.1
 REAP_EVERY_S = 1.0
@@ -103,8 +103,9 @@ class Command(BaseCommand):
             if time.monotonic() - reaped_at >= REAP_EVERY_S:
                 # Checks whose worker died fail as interrupted (reading every running check, of
                 # which a fleet task has many claimed ahead: not at every poll).
-                ConnectionCheck.objects.reap_stale()
                 reaped_at = time.monotonic()
+                if not reap_stale_unless_locked():  # the results are still read meanwhile
+                    self.stderr.write("The database is locked; still waiting for the results.")
             done = ConnectionCheck.objects.filter(
                 pk__range=(min(pending), high), status__in=FINISHED
             )
